@@ -1,0 +1,281 @@
+"""``iclora``: the command line. Each command validates its invocation first (one-line errors,
+non-zero exit), then runs a Prefect flow or a library function with a rich progress display."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from iclora_data.errors import IcloraError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="In-Context LoRA training data: image sets -> composite grids -> joint captions -> "
+                       "Hugging Face datasets -> FLUX LoRA.")
+err = Console(stderr=True)
+out_console = Console()
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _prefect_env(verbose: bool) -> None:
+    """Quiet, offline-friendly Prefect defaults, set before Prefect is imported."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+
+def check_writable(out: Path) -> None:
+    """OUT must be a folder we can create and write into."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".iclora-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        fail(f"OUT {out} is not writable: {exc.strerror or exc}")
+
+
+class RichProgress:
+    """Progress listener that draws one bar per stage."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, stage: str, total: int) -> None:
+        self.tasks[stage] = self.progress.add_task(stage, total=total)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        if stage in self.tasks:
+            self.progress.advance(self.tasks[stage], n)
+
+
+def _run_with_progress(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from iclora_data.progress import set_progress
+
+    columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as bar:
+        set_progress(RichProgress(bar))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            set_progress(None)
+
+
+def _counts_table(counts: dict[str, int], title: str) -> Table:
+    table = Table(title=title, show_header=True)
+    for key in counts:
+        table.add_column(key, justify="right")
+    table.add_row(*(str(v) for v in counts.values()))
+    return table
+
+
+@app.command()
+def build(
+    source: Annotated[Path, typer.Argument(help="A folder with one sub-folder per image set, or a .jsonl/.csv "
+                                                "manifest.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; resumable).")],
+    preset: Annotated[str | None, typer.Option(help="IC-LoRA task preset (see `iclora presets`).")] = None,
+    layout: Annotated[str | None, typer.Option(help="Grid ROWSxCOLS when no preset is given, e.g. 2x2.")] = None,
+    model: Annotated[str | None, typer.Option(help="Captioning model: hub id, local folder, or tiny-random.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Captioning backend: transformers or openai.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server, e.g. "
+                                                      "http://localhost:8000/v1.")] = None,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage: compose, caption or publish.")] = None,
+    fit: Annotated[str | None, typer.Option(help="How panels fill their box: crop (default) or pad.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Threads for decoding and composing.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config; flags "
+                                                                       "override it.")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another run on OUT to finish "
+                                             "(0: refuse at once).")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Build IC-LoRA training data from SOURCE into OUT (runs the Prefect flow build-dataset)."""
+    from iclora_data.config import load_config
+
+    if not source.exists():
+        fail(f"SOURCE {source} does not exist")
+    try:
+        cfg = load_config(config, {"compose.preset": preset, "compose.layout": layout, "compose.fit": fit,
+                                   "caption.model": model, "caption.backend": backend,
+                                   "caption.base_url": base_url, "until": until, "workers": workers})
+        check_writable(out)
+        if cfg.until != "compose":
+            from iclora_data.caption import load_captioner
+
+            load_captioner(cfg.caption)  # a bad model is one clear error before any work
+        _prefect_env(verbose)
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        from flows.build_dataset import build_dataset
+
+        flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.workers))  # type: ignore[arg-type]
+        result = _run_with_progress(flow, str(source), str(out), cfg.model_dump(mode="json"), lock_timeout=wait)
+    except IcloraError as exc:
+        fail(str(exc))
+    out_console.print(_counts_table(result["counts"], f"iclora build -> {out}"))
+    out_console.print(f"ledger: {out / 'report.json'}")
+    if (out / "gallery.html").exists():
+        out_console.print(f"gallery: {out / 'gallery.html'}")
+    if (out / "dataset").exists():
+        out_console.print(f"dataset: {out / 'dataset'}")
+
+
+@app.command()
+def deploy(
+    source: Annotated[Path, typer.Argument(help="SOURCE to build on every scheduled run.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (each run is incremental).")],
+    cron: Annotated[str | None, typer.Option(help="Cron schedule, e.g. '0 3 * * *' (03:00 daily).")] = None,
+    interval: Annotated[float | None, typer.Option(help="Or: run every this many seconds.")] = None,
+    timezone: Annotated[str | None, typer.Option(help="Time zone of the cron schedule (default UTC).")] = None,
+    name: Annotated[str, typer.Option(help="Deployment name (build-dataset/NAME in the Prefect UI).")]
+    = "scheduled",
+    preset: Annotated[str | None, typer.Option(help="IC-LoRA task preset.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Grid ROWSxCOLS when no preset is given.")] = None,
+    model: Annotated[str | None, typer.Option(help="Captioning model: hub id, local folder, or tiny-random.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Captioning backend: transformers or openai.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage: compose, caption or publish.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config.")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds a run waits for another writer of OUT "
+                                             "(0: fail at once).")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Serve build-dataset on a schedule from this process (needs PREFECT_API_URL; Ctrl-C stops and pauses)."""
+    from iclora_data.config import load_config
+
+    if not source.exists():
+        fail(f"SOURCE {source} does not exist")
+    _prefect_env(verbose)
+    try:
+        from flows.deploy import check_schedule, serve_build
+
+        check_schedule(cron, interval, timezone)
+        cfg = load_config(config, {"compose.preset": preset, "compose.layout": layout,
+                                   "caption.model": model, "caption.backend": backend,
+                                   "caption.base_url": base_url, "until": until})
+        check_writable(out)
+        if cfg.until != "compose":
+            from iclora_data.caption.run import check_captioner
+
+            check_captioner(cfg.caption)  # cheap: a bad model fails now, not at 03:00
+        serve_build(str(source), str(out), cfg.model_dump(mode="json"), cron=cron, interval=interval,
+                    timezone=timezone, name=name, lock_timeout=wait)
+    except IcloraError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def presets() -> None:
+    """List the IC-LoRA task presets: size, grid and panel tags."""
+    from iclora_data.presets import PRESETS
+
+    table = Table(title="IC-LoRA presets")
+    for col in ("preset", "size", "grid", "panel", "tags"):
+        table.add_column(col)
+    for p in PRESETS.values():
+        pw, ph = p.width // p.cols, p.height // p.rows
+        tags = " ".join(((p.prefix,) if p.prefix else ()) + p.panel_tags)
+        table.add_row(p.name, f"{p.width}x{p.height}", p.grid, f"{pw}x{ph}", tags)
+    out_console.print(table)
+
+
+@app.command("caption")
+def caption_cmd(
+    out: Annotated[Path, typer.Argument(help="A finished build's OUT folder.")],
+    model: Annotated[str | None, typer.Option(help="Captioning model: hub id, local folder, or tiny-random.")] = None,
+    backend: Annotated[str | None, typer.Option(help="transformers or openai.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="Replace the built-in caption instructions.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Re-caption an existing build and re-publish its dataset (runs the Prefect flow caption)."""
+    from iclora_data.config import load_config
+
+    if not (out / "report.json").exists():
+        fail(f"{out} holds no finished build (no report.json): run `iclora build SOURCE --out {out}` first")
+    try:
+        cfg = load_config(config, {"caption.model": model, "caption.backend": backend,
+                                   "caption.base_url": base_url,
+                                   "caption.prompt_file": str(prompt_file) if prompt_file else None})
+        from iclora_data.caption import load_captioner
+
+        load_captioner(cfg.caption)
+        _prefect_env(verbose)
+        from flows.caption import caption as caption_flow
+
+        result = _run_with_progress(caption_flow, str(out), cfg.caption.model_dump(mode="json"))
+    except IcloraError as exc:
+        fail(str(exc))
+    out_console.print(_counts_table(result["counts"], f"iclora caption -> {out}"))
+
+
+@app.command()
+def publish(
+    out: Annotated[Path, typer.Argument(help="A finished build's OUT folder.")],
+    repo_id: Annotated[str, typer.Option(help="Hub dataset repository, ORG/NAME.")],
+    private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
+    revision: Annotated[str | None, typer.Option(help="Branch to upload to.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Hub endpoint (default: HF_ENDPOINT or the "
+                                                      "public hub).")] = None,
+) -> None:
+    """Upload OUT/dataset to the Hugging Face hub (token from HF_TOKEN or `hf auth login`)."""
+    from iclora_data.hub import push_dataset
+
+    try:
+        result = push_dataset(out, repo_id, private=private, revision=revision, endpoint=endpoint)
+    except IcloraError as exc:
+        fail(str(exc))
+    out_console.print(result.summary() if hasattr(result, "summary") else str(result))
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="A finished build's OUT folder.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="ai-toolkit, kohya or folder.")] = "ai-toolkit",
+    dest: Annotated[Path | None, typer.Option(help="Where to write (default OUT/export/FORMAT).")] = None,
+) -> None:
+    """Write the image + .txt caption folder (and config) that a LoRA trainer reads."""
+    from iclora_data.export import export_dataset
+
+    if format not in ("ai-toolkit", "kohya", "folder"):
+        fail(f"--format must be ai-toolkit, kohya or folder, got {format!r}")
+    try:
+        path = export_dataset(out, format, dest)  # type: ignore[arg-type]
+    except IcloraError as exc:
+        fail(str(exc))
+    out_console.print(f"exported {format} data to {path}")
+
+
+def _register_train_commands() -> None:
+    # iclora_train.commands imports torch/diffusers only inside the commands
+    from iclora_train import commands as train_commands
+
+    app.command("train")(train_commands.train)
+    app.command("sample")(train_commands.sample)
+
+
+_register_train_commands()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except IcloraError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

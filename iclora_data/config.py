@@ -1,0 +1,112 @@
+"""Build configuration: a YAML file validated by pydantic; CLI flags override it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from iclora_data.caption.settings import CaptionSettings
+from iclora_data.errors import IcloraError
+from iclora_data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from iclora_data.layout import parse_grid
+from iclora_data.presets import get_preset
+
+Stage = Literal["compose", "caption", "publish"]
+
+
+class ConfigError(IcloraError):
+    pass
+
+
+class ComposeSettings(BaseModel):
+    """Everything that decides what a composite looks like (part of its content key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    preset: str | None = None  # a set's own set.json/manifest preset wins over this
+    layout: str | None = None  # ROWSxCOLS without a preset
+    fit: Literal["crop", "pad"] = "crop"
+    fill: tuple[int, int, int] = (255, 255, 255)  # pad colour
+    min_side: int = Field(DEFAULT_MIN_SIDE, ge=16)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    image_format: Literal["jpg", "png", "webp"] = "jpg"
+    quality: int = Field(95, ge=1, le=100)  # jpg/webp
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str | None) -> str | None:
+        if v is not None:
+            get_preset(v)
+        return v
+
+    @field_validator("layout")
+    @classmethod
+    def _grid(cls, v: str | None) -> str | None:
+        if v is not None:
+            rows, cols = parse_grid(v)
+            return f"{rows}x{cols}"
+        return v
+
+    @field_validator("fill", mode="before")
+    @classmethod
+    def _colour(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from PIL import ImageColor
+
+            return ImageColor.getrgb(v)[:3]
+        return v
+
+
+class DedupSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_distance: int | None = Field(None, ge=0, le=32)  # None: dedup.DEFAULT_MAX_DISTANCE
+
+
+class PublishSettings(BaseModel):
+    """What the dataset card says about the data that the build cannot know."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    license: str = "unknown"  # a hub licence id such as cc-by-4.0; the sources' licence, not iclora's
+    name: str | None = None  # the dataset's pretty name (default: OUT's folder name)
+
+
+class BuildConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    compose: ComposeSettings = ComposeSettings()
+    dedup: DedupSettings = DedupSettings()
+    caption: CaptionSettings = CaptionSettings()
+    publish: PublishSettings = PublishSettings()
+    until: Stage = "publish"
+    workers: int = Field(2, ge=1, le=256)  # threads for decode/hash/compose
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> BuildConfig:
+    """Read the YAML config (if any), apply ``overrides`` (``"section.key": value``), validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}".replace("\n", " ")) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return BuildConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"bad setting {where}{source}: {err['msg']}") from None

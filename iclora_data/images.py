@@ -1,0 +1,170 @@
+"""Validate and decode source images: header checks first, one decode, RGB out.
+
+Every check that can be made from the header (format, declared size, EXIF orientation)
+is made before any pixel is decoded, so a file that declares 400 megapixels is rejected
+without allocating it. A JPEG much larger than the panel it becomes is decoded with
+``Image.draft`` (libjpeg's DCT-domain scaling by 1/2, 1/4 or 1/8), never below the size
+the panel needs, so the final Lanczos resize sees at least as many pixels as it writes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from iclora_data.layout import FitMode
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is rejected, never padded with grey
+
+DEFAULT_MIN_SIDE = 256
+DEFAULT_MAX_PIXELS = 100_000_000
+EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
+
+
+class ImageRejected(Exception):
+    """A file that cannot be a panel. ``str(exc)`` is the reason shown in the ledger."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int  # as displayed, after EXIF orientation
+    height: int
+    mode: str
+    frames: int
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    # Pillow's own bomb guard fires at open for > 2x MAX_IMAGE_PIXELS; keep it at or above our limit
+    # so that our check, with its clearer message, is the one that speaks.
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected(f"not an image: {_sniff(data)}") from None
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses at open beyond 2x its limit, before we see the size: take it from its message
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared.group(1)) / 1e6:.0f} megapixels" if declared else "a decompression bomb"
+        raise ImageRejected(f"too large: {size}, over the limit of {max_pixels / 1e6:.0f} megapixels") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"corrupt image header: {exc}") from None
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:512]
+    if head.startswith(b"%PDF"):
+        return "the file is a PDF document"
+    try:
+        head.decode("utf-8")
+        return "the file holds text, not image data"
+    except UnicodeDecodeError:
+        return "unknown file format"
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a broken EXIF block must not reject an otherwise good image
+        return 1
+
+
+def read_header(data: bytes, *, min_side: int = DEFAULT_MIN_SIDE,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """Check an image from its header only. Raises ImageRejected with the reason."""
+    im = _open(data, max_pixels)
+    return _check_header(im, min_side, max_pixels)
+
+
+def check_size(width: int, height: int, *, min_side: int, max_pixels: int) -> None:
+    """The size limits, on the displayed size. Raises ImageRejected."""
+    if width * height > max_pixels:
+        raise ImageRejected(f"too large: {width}x{height}, {width * height / 1e6:.0f} megapixels, "
+                            f"over the limit of {max_pixels / 1e6:.0f} megapixels")
+    if min(width, height) < min_side:
+        raise ImageRejected(f"too small: {width}x{height} pixels, the shorter side must be at least {min_side}")
+
+
+def _check_header(im: Image.Image, min_side: int, max_pixels: int) -> ImageHeader:
+    w, h = im.size
+    if _orientation(im) in _SWAPS_SIDES:
+        w, h = h, w
+    check_size(w, h, min_side=min_side, max_pixels=max_pixels)
+    return ImageHeader(im.format or "unknown", w, h, im.mode, getattr(im, "n_frames", 1))
+
+
+def draft_request(size: tuple[int, int], swapped: bool, target: tuple[int, int],
+                  mode: FitMode) -> tuple[int, int] | None:
+    """The smallest stored size that still gives ``target`` full resolution, or None.
+
+    ``size`` is the stored (un-rotated) size; ``target`` is the panel in display orientation."""
+    sw, sh = size
+    dw, dh = (target[1], target[0]) if swapped else target
+    scale = max(dw / sw, dh / sh) if mode == "crop" else min(dw / sw, dh / sh)
+    if scale > 0.5:  # DCT scaling only halves; nothing to gain
+        return None
+    return math.ceil(sw * scale), math.ceil(sh * scale)
+
+
+def decode_rgb(data: bytes, *, target: tuple[int, int] | None = None, fit: FitMode = "crop",
+               min_side: int = DEFAULT_MIN_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode once into an upright RGB image, header checks first.
+
+    EXIF orientation is applied; CMYK, 16-bit, palette, LA and alpha images become RGB (alpha
+    over white); an animation gives its first frame. With ``target`` (the panel size it will
+    be fitted to), a large JPEG is decoded at a reduced DCT scale that keeps >= target pixels.
+    """
+    im = _open(data, max_pixels)
+    _check_header(im, min_side, max_pixels)
+    orientation = _orientation(im)
+    fmt = im.format or "image"
+    try:
+        if target is not None and im.format == "JPEG":
+            request = draft_request(im.size, orientation in _SWAPS_SIDES, target, fit)
+            if request is not None:
+                im.draft("RGB" if im.mode in ("RGB", "YCbCr") else im.mode, request)
+        im.seek(0)
+        im.load()
+    except OSError as exc:
+        msg = str(exc)
+        if "truncated" in msg:
+            raise ImageRejected(f"truncated {fmt}: {msg}") from None
+        raise ImageRejected(f"corrupt {fmt}: {msg}") from None
+    except (SyntaxError, ValueError, EOFError) as exc:
+        raise ImageRejected(f"corrupt {fmt}: {exc}") from None
+    if orientation != 1:
+        im = ImageOps.exif_transpose(im)
+    return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited over white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # high bit depth: scale to 8 bits instead of clipping (Pillow's convert clips at 255)
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if im.mode == "I" and arr.max() <= 65535:
+            top = 65535.0 if arr.max() > 255 else 255.0
+        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info) \
+        or (im.mode in ("L", "RGB") and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")

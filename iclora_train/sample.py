@@ -1,0 +1,220 @@
+"""Sampling image sets with a trained IC-LoRA: composite at the preset's size, cut into panels.
+
+Reference-based generation places known panels in their slots and inpaints the rest (FLUX
+inpaint pipeline, SDEdit-style ``strength``; a FLUX Fill base uses its Fill pipeline). The
+known panels are pasted back over the decoded result, so they come back pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from iclora_data.layout import Layout, fit_panel, preset_layout, round16
+from iclora_data.presets import UnknownPresetError, get_preset
+from iclora_data.store import atomic_path, atomic_write_json
+from iclora_train.base import is_fill_transformer, resolve_base
+from iclora_train.errors import SampleError
+from iclora_train.trainer import LORA_WEIGHTS, TRAINING_CONFIG
+
+MAX_REFERENCE_PIXELS = 100_000_000  # same limit as ingest: checked from the header before decoding
+
+
+@dataclass
+class SampleOutput:
+    folder: Path
+    composite: Path
+    panels: list[Path]
+    settings: Path
+    settings_data: dict[str, Any] = field(default_factory=dict)
+
+
+def read_prompts(path: Path) -> tuple[list[str], list[int]]:
+    """Prompts of a file, one per line. Returns ``(prompts, line numbers of skipped empty lines)``."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise SampleError(f"prompt file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise SampleError(f"prompt file {path} is not UTF-8 text") from None
+    prompts = [ln.strip() for ln in lines if ln.strip()]
+    skipped = [i + 1 for i, ln in enumerate(lines) if not ln.strip()]
+    if not prompts:
+        raise SampleError(f"prompt file {path} has no prompts (only empty lines)")
+    return prompts, skipped
+
+
+def parse_reference(spec: str, panels: int) -> tuple[int, Path]:
+    """``"2=photo.jpg"`` -> ``(2, Path("photo.jpg"))``; panels count from 1 in reading order."""
+    index, sep, file = spec.partition("=")
+    if not sep or not index.strip().isdigit() or not file:
+        raise SampleError(f"--reference must be PANEL=IMAGE such as 1=photo.jpg, got {spec!r}")
+    number = int(index)
+    if not 1 <= number <= panels:
+        raise SampleError(f"--reference {spec}: panel {number} does not exist; this layout has panels 1-{panels}")
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise SampleError(f"--reference {spec}: image {file} does not exist")
+    return number, path
+
+
+def sample_layout(preset: str, scale: float = 1.0) -> Layout:
+    """The preset's layout, optionally scaled (same grid, panels rounded to 16 pixels)."""
+    try:
+        layout = preset_layout(get_preset(preset))
+    except UnknownPresetError as exc:
+        raise SampleError(str(exc)) from None
+    if not 0 < scale <= 1:
+        raise SampleError(f"--scale must be in (0, 1], got {scale}")
+    if scale == 1:
+        return layout
+    pw, ph = layout.panel_size
+    pw, ph = round16(pw * scale), round16(ph * scale)
+    return Layout(layout.rows, layout.cols, pw * layout.cols, ph * layout.rows, panel_tags=layout.panel_tags,
+                  prefix=layout.prefix, preset=layout.preset)
+
+
+def _open_reference(path: Path) -> Image.Image:
+    from PIL import ImageOps
+
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_REFERENCE_PIXELS:
+                raise SampleError(f"reference {path} is {img.width}x{img.height}, over the pixel limit")
+            img.seek(0)  # first frame of an animation
+            image = ImageOps.exif_transpose(img)
+            if image.mode in ("RGBA", "LA", "P", "PA"):
+                image = image.convert("RGBA")
+                canvas = Image.new("RGB", image.size, (255, 255, 255))
+                canvas.paste(image, mask=image.getchannel("A"))
+                return canvas
+            return image.convert("RGB")
+    except SampleError:
+        raise
+    except Exception as exc:
+        raise SampleError(f"reference {path} is not a readable image ({exc})") from None
+
+
+def lora_base(lora_dir: Path) -> tuple[str, int]:
+    """The base a LoRA was trained on and its text length, from its ``training_config.json``."""
+    try:
+        run = json.loads((lora_dir / TRAINING_CONFIG).read_text(encoding="utf-8"))
+        return str(run["base"]), int(run.get("config", {}).get("max_sequence_length", 512))
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        raise SampleError(f"{lora_dir} has no readable {TRAINING_CONFIG}; pass --base") from None
+
+
+class Sampler:
+    """A FLUX pipeline with the LoRA loaded, text-to-image or inpainting."""
+
+    def __init__(self, lora_dir: Path, base: str | None = None, references: bool = False,
+                 max_sequence_length: int | None = None):
+        import torch
+        from diffusers import FluxFillPipeline, FluxInpaintPipeline, FluxPipeline, FluxTransformer2DModel
+
+        self.lora_dir = Path(lora_dir)
+        if not (self.lora_dir / LORA_WEIGHTS).is_file():
+            raise SampleError(f"{lora_dir} holds no {LORA_WEIGHTS}; train one with iclora train")
+        trained_base, trained_len = lora_base(self.lora_dir) if base is None else (base, 512)
+        self.base_name = base or trained_base
+        self.max_sequence_length = max_sequence_length or trained_len
+        resolved = resolve_base(self.base_name)
+        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        try:
+            fill = is_fill_transformer(dict(FluxTransformer2DModel.load_config(resolved, subfolder="transformer")))
+        except Exception as exc:
+            raise SampleError(f"cannot load base {self.base_name}: {type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0]}") from None
+        if fill and not references:
+            raise SampleError(f"base {self.base_name} is a FLUX Fill model: it needs --reference PANEL=IMAGE")
+        self.mode = "fill" if fill else "inpaint" if references else "text"
+        cls = {"fill": FluxFillPipeline, "inpaint": FluxInpaintPipeline, "text": FluxPipeline}[self.mode]
+        self.pipe = cls.from_pretrained(resolved, dtype=self.dtype).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.load_lora_weights(str(self.lora_dir), weight_name=LORA_WEIGHTS)
+
+    def generate(self, prompt: str, layout: Layout, *, seed: int, steps: int, guidance: float,
+                 references: dict[int, Image.Image] | None = None, strength: float = 1.0) -> Image.Image:
+        """One composite of ``layout``'s size; reference panels (1-based) come back unchanged."""
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        common = {"prompt": prompt, "width": layout.width, "height": layout.height,
+                  "num_inference_steps": steps, "guidance_scale": guidance, "generator": generator,
+                  "max_sequence_length": self.max_sequence_length}
+        if not references:
+            if self.mode != "text":
+                raise SampleError("this sampler was made for reference-based generation; give --reference")
+            return self.pipe(**common).images[0]
+        if self.mode == "text":
+            raise SampleError("this sampler was made without references")
+        boxes = layout.panel_boxes()
+        placed = {i: fit_panel(img, layout.panel_size, "crop") for i, img in references.items()}
+        # masked panels start from the first reference: with strength < 1 that is SDEdit from it
+        first = placed[min(placed)]
+        init = Image.new("RGB", (layout.width, layout.height))
+        mask = Image.new("L", (layout.width, layout.height), 255)
+        for number, box in enumerate(boxes, start=1):
+            init.paste(placed.get(number, first), box[:2])
+            if number in placed:
+                mask.paste(0, box)
+        if self.mode == "fill":
+            image = self.pipe(image=init, mask_image=mask, **common).images[0]
+        else:
+            image = self.pipe(image=init, mask_image=mask, strength=strength, **common).images[0]
+        for number, panel in placed.items():  # the VAE round trip is lossy: restore the known pixels
+            image.paste(panel, boxes[number - 1][:2])
+        return image
+
+
+def sample_sets(lora_dir: Path, prompts: list[str], preset: str, out: Path, *, seed: int = 0, steps: int = 20,
+                guidance: float = 3.5, scale: float = 1.0, references: list[str] | None = None,
+                strength: float = 1.0, base: str | None = None) -> list[SampleOutput]:
+    """Generate one set per prompt into ``out/sample-NNN/`` (composite, panels, settings.json).
+
+    Prompt ``i`` (from 0) uses seed ``seed + i``."""
+    if not prompts or any(not p.strip() for p in prompts):
+        raise SampleError("every prompt must be non-empty text")
+    if not 0 < strength <= 1:
+        raise SampleError(f"--strength must be in (0, 1], got {strength}")
+    layout = sample_layout(preset, scale)
+    refs = dict(parse_reference(spec, layout.panels) for spec in references or [])
+    if len(refs) == layout.panels:
+        raise SampleError(f"all {layout.panels} panels are references: leave at least one to generate")
+    ref_images = {i: _open_reference(p) for i, p in refs.items()}
+    sampler = Sampler(lora_dir, base=base, references=bool(refs))
+    results: list[SampleOutput] = []
+    out = Path(out)
+    for i, prompt in enumerate(prompts):
+        t0 = time.perf_counter()
+        image = sampler.generate(prompt.strip(), layout, seed=seed + i, steps=steps, guidance=guidance,
+                                 references=ref_images or None, strength=strength)
+        seconds = time.perf_counter() - t0
+        folder = out / f"sample-{i + 1:03d}"
+        composite = folder / "composite.png"
+        with atomic_path(composite) as tmp:
+            image.save(tmp, format="PNG")
+        panels = []
+        for number, panel in enumerate(layout.split(image), start=1):
+            path = folder / f"panel-{number}.png"
+            with atomic_path(path) as tmp:
+                panel.save(tmp, format="PNG")
+            panels.append(path)
+        settings = {
+            "version": 1, "prompt": prompt.strip(), "seed": seed + i, "steps": steps, "guidance": guidance,
+            "preset": preset, "scale": scale, "width": layout.width, "height": layout.height,
+            "grid": layout.grid, "panel_tags": list(layout.panel_tags),
+            "panel_boxes": [list(b) for b in layout.panel_boxes()],
+            "lora": str(Path(lora_dir).resolve()), "base": sampler.base_name, "mode": sampler.mode,
+            "references": {str(k): str(v) for k, v in sorted(refs.items())},
+            "strength": strength if refs else None, "seconds": round(seconds, 3),
+            "composite": composite.name, "panels": [p.name for p in panels]}
+        atomic_write_json(folder / "settings.json", settings)
+        results.append(SampleOutput(folder, composite, panels, folder / "settings.json", settings))
+    return results

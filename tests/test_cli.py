@@ -1,0 +1,69 @@
+"""The command line as a user meets it: one-line errors for bad invocations, the presets table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests._images import image_set
+
+
+def iclora(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "iclora_data.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_missing_source_is_a_one_line_error(tmp_path):
+    r = iclora("build", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    assert r.returncode != 0
+    assert r.stderr.strip() == f"error: SOURCE {tmp_path / 'nope'} does not exist"
+
+
+def test_unwritable_out_is_a_one_line_error(tmp_path):
+    image_set(tmp_path / "src" / "a", [1, 2])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = iclora("build", str(tmp_path / "src"), "--out", str(blocker / "out"), "--until", "compose")
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: OUT {blocker / 'out'} is not writable")
+
+
+def test_unknown_preset_is_a_one_line_error(tmp_path):
+    image_set(tmp_path / "src" / "a", [1, 2])
+    r = iclora("build", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--preset", "nope")
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "unknown preset 'nope'" in r.stderr and "film-storyboard" in r.stderr
+
+
+def test_presets_lists_the_table():
+    r = iclora("presets")
+    assert r.returncode == 0
+    for name in ("film-storyboard", "couple-profile", "font-design", "visual-identity"):
+        assert name in r.stdout
+    assert "1024x1536" in r.stdout and "[MOVIE-SHOTS]" in r.stdout
+
+
+def test_build_refuses_while_another_run_holds_out(tmp_path):
+    from iclora_data.store import RunStore
+
+    image_set(tmp_path / "src" / "a", [1, 2])
+    out = tmp_path / "out"
+    with RunStore(out).lock():
+        r = iclora("build", str(tmp_path / "src"), "--out", str(out), "--until", "compose")
+    assert r.returncode != 0
+    assert "is in use by another iclora run" in r.stderr
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_build_until_compose_prints_counts(tmp_path):
+    image_set(tmp_path / "src" / "a", [1, 2])
+    image_set(tmp_path / "src" / "b", [3, 4, 5])
+    out = tmp_path / "out"
+    r = iclora("build", str(tmp_path / "src"), "--out", str(out), "--until", "compose")
+    assert r.returncode == 0, r.stderr
+    assert "kept" in r.stdout and (out / "report.json").exists()
+    assert sorted(p.name for p in (out / "composites").glob("*.jpg")) == ["a.jpg", "b.jpg"]
