@@ -32,6 +32,8 @@ def _prefect_env(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    # the temporary server needs longer than Prefect's 20 s default on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def check_writable(out: Path) -> None:
@@ -94,6 +96,10 @@ def build(
     until: Annotated[str | None, typer.Option(help="Stop after this stage: compose, caption or publish.")] = None,
     fit: Annotated[str | None, typer.Option(help="How panels fill their box: crop (default) or pad.")] = None,
     workers: Annotated[int | None, typer.Option(help="Threads for decoding and composing.")] = None,
+    runner: Annotated[str, typer.Option(help="Where per-set tasks run: threads (this machine) or ray.")]
+    = "threads",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster, e.g. ray://head:10001 (default with "
+                                                         "--runner ray: a local Ray instance).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config; flags "
                                                                        "override it.")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another run on OUT to finish "
@@ -115,11 +121,11 @@ def build(
 
             load_captioner(cfg.caption)  # a bad model is one clear error before any work
         _prefect_env(verbose)
-        from prefect.task_runners import ThreadPoolTaskRunner
-
         from flows.build_dataset import build_dataset
+        from flows.runners import make_task_runner
 
-        flow = build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.workers))  # type: ignore[arg-type]
+        task_runner = make_task_runner(runner, workers=cfg.workers, ray_address=ray_address)
+        flow = build_dataset.with_options(task_runner=task_runner)
         result = _run_with_progress(flow, str(source), str(out), cfg.model_dump(mode="json"), lock_timeout=wait)
     except IcloraError as exc:
         fail(str(exc))
@@ -173,6 +179,63 @@ def deploy(
                     timezone=timezone, name=name, lock_timeout=wait)
     except IcloraError as exc:
         fail(str(exc))
+
+
+@app.command()
+def retrain(
+    source: Annotated[Path, typer.Argument(help="SOURCE of image sets.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Build folder (incremental).")],
+    lora_dir: Annotated[Path, typer.Option("--lora-dir", help="Folder of the LoRA, its samples and card.")],
+    preset: Annotated[str | None, typer.Option(help="IC-LoRA task preset of the build.")] = None,
+    model: Annotated[str | None, typer.Option(help="Captioning model: hub id, local folder, or tiny-random.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config.")] = None,
+    base: Annotated[str | None, typer.Option(help="FLUX base: hub id, local folder, or tiny-random.")] = None,
+    train_config: Annotated[Path | None, typer.Option(help="YAML file of training settings.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps. (default 5000)")] = None,
+    scale: Annotated[float | None, typer.Option(help="Train at this fraction of the composite size.")] = None,
+    sample_preset: Annotated[str | None, typer.Option(help="Preset of the validation sets (default: --preset).")]
+    = None,
+    samples: Annotated[int, typer.Option(help="Validation sets to sample after training (0: none).")] = 2,
+    sample_steps: Annotated[int, typer.Option(help="Denoising steps of each validation set.")] = 20,
+    sample_scale: Annotated[float, typer.Option(help="Fraction of the preset's size for samples.")] = 1.0,
+    force: Annotated[bool, typer.Option("--force", help="Train even if the data and settings are unchanged.")]
+    = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another run on OUT.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Build (incremental), train the LoRA when the data changed, sample validation sets, write the model card."""
+    from iclora_data.config import load_config
+
+    if not source.exists():
+        fail(f"SOURCE {source} does not exist")
+    try:
+        from iclora_train.config import load_train_config
+
+        cfg = load_config(config, {"compose.preset": preset, "caption.model": model})
+        train_cfg = load_train_config(train_config, base=base, steps=steps, scale=scale)
+        check_writable(out)
+        check_writable(lora_dir)
+        from iclora_data.caption import load_captioner
+
+        load_captioner(cfg.caption)
+        _prefect_env(verbose)
+        from flows.retrain import retrain as retrain_flow
+        from flows.retrain import sample_preset as pick_preset
+
+        if samples:
+            pick_preset(cfg.model_dump(mode="json"), sample_preset)
+        result = _run_with_progress(retrain_flow, str(source), str(out), str(lora_dir), cfg.model_dump(mode="json"),
+                                    train_cfg.model_dump(mode="json"), preset=sample_preset, samples=samples,
+                                    sample_steps=sample_steps, sample_scale=sample_scale, force=force,
+                                    lock_timeout=wait)
+    except IcloraError as exc:
+        fail(str(exc))
+    out_console.print(_counts_table(result["build"]["counts"], f"iclora retrain -> {out}"))
+    if result["trained"]:
+        out_console.print(f"trained to step {result['step']}; LoRA: {result['weights']}")
+    else:
+        out_console.print(f"data and settings unchanged: kept the LoRA {result['weights']}")
+    out_console.print(f"model card: {result['model_card']}")
 
 
 @app.command()
