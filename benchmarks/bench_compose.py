@@ -13,8 +13,11 @@ made by ``benchmarks/_photos.py`` and cached). Three timings on the same data, i
    and the flow's own time from ``OUT/build.json``.
 3. pipeline, second build on the unchanged SOURCE into the same OUT (should do no decoding).
 
-The aim: the first build takes at most half the baseline's time. Timings are wall-clock on a
-shared machine; run it twice if the figures matter.
+The aim: the first build takes at most half the baseline's time. Without ``PREFECT_API_URL``
+each ``iclora build`` process starts (and stops) Prefect's temporary server, a fixed cost of
+10-30 s on a small machine; export ``PREFECT_API_URL`` of a running ``prefect server start`` to
+see the build without it. Timings are wall-clock on a shared machine; run it twice if the
+figures matter. ``build.json`` times have one-second resolution.
 """
 
 from __future__ import annotations

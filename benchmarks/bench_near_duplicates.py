@@ -8,6 +8,7 @@ brute force on a subset, and the speed ratio on that same subset.
     python benchmarks/bench_near_duplicates.py            # N = 1,000,000, subset 100,000
     python benchmarks/bench_near_duplicates.py --n 200000 --subset 20000
     python benchmarks/bench_near_duplicates.py --faiss    # also time faiss IndexBinaryMultiHash
+    python benchmarks/bench_near_duplicates.py --n 0 --sets 100000  # only set-level dedup_sets
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import time
 
 import numpy as np
 
-from iclora_data.dedup import _brute_force_codes, _choose_plan, find_near_duplicates
+from iclora_data.dedup import _brute_force_codes, _choose_plan, deduplicate_sets, find_near_duplicates
+from iclora_data.records import PanelRecord, PreparedSet
 
 
 def peak_rss_mb() -> float:
@@ -59,14 +61,50 @@ def faiss_pairs(hashes: np.ndarray, max_distance: int) -> int:
     return (pairs - len(codes)) // 2
 
 
+def bench_sets(n_sets: int) -> None:
+    """``deduplicate_sets`` on 3-panel sets: 5% shuffled near-copies, 2% sharing one panel,
+    1% with a near-duplicate panel of their own."""
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 2**64, (n_sets, 3), dtype=np.uint64)
+    for k in range(0, n_sets, 20):
+        noise = np.uint64(1) << rng.integers(0, 64, 3).astype(np.uint64)
+        hashes[k] = rng.permutation(hashes[rng.integers(0, n_sets)]) ^ noise
+    for k in range(7, n_sets, 50):
+        hashes[k, 0] = hashes[rng.integers(0, n_sets), 1]
+    for k in range(11, n_sets, 100):
+        hashes[k, 2] = hashes[k, 0] ^ np.uint64(1)
+    sets = [
+        PreparedSet(
+            f"s{k:07d}",
+            [f"s{k}/{i}.jpg" for i in range(3)],
+            [PanelRecord(f"s{k}/{i}.jpg", f"{k}-{i}", int(h), 512, 512) for i, h in enumerate(row)],
+        )
+        for k, row in enumerate(hashes.tolist())
+    ]
+    t0 = time.perf_counter()
+    decisions = deduplicate_sets(sets)
+    elapsed = time.perf_counter() - t0
+    statuses = {s: sum(d.status == s for d in decisions.values()) for s in ("kept", "duplicate", "rejected")}
+    warned = sum(bool(d.warnings) for d in decisions.values())
+    print(
+        f"deduplicate_sets: {n_sets:,} sets x 3 panels in {elapsed:.2f} s "
+        f"({n_sets / elapsed:,.0f} sets/s); {statuses}, {warned:,} with warnings"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--subset", type=int, default=100_000, help="size checked against brute force")
     parser.add_argument("--max-distance", type=int, default=8)
     parser.add_argument("--faiss", action="store_true", help="also time faiss on all N")
+    parser.add_argument("--sets", type=int, default=0, help="also time deduplicate_sets on this many sets")
     args = parser.parse_args()
     r = args.max_distance
+    if args.sets:
+        bench_sets(args.sets)
+    if args.n < 2:
+        return
 
     hashes = planted_hashes(args.n, r)
     print(f"N = {args.n:,} hashes, max_distance {r}, plan {_choose_plan(args.n, r)}")

@@ -46,7 +46,7 @@ def load_photos() -> dict[str, Image.Image]:
             print(f"skip {name}: {type(exc).__name__}")
             continue
         image = Image.fromarray(np.asarray(array)).convert("RGB")
-        photos[name] = image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.LANCZOS)
+        photos[name] = image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.Resampling.LANCZOS)
     return photos
 
 
@@ -61,12 +61,12 @@ def decode(data: bytes, scale: int = 1) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     if scale > 1:
         image.draft("RGB", (image.width // scale, image.height // scale))
-    image = ImageOps.exif_transpose(image)
-    return image.convert("RGB")
+    return ImageOps.exif_transpose(image).convert("RGB")
 
 
 def resized(image: Image.Image, factor: float) -> Image.Image:
-    return image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))), Image.LANCZOS)
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def gamma(image: Image.Image, g: float) -> Image.Image:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,12 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import RETRY_DELAYS, TASK_RETRIES, retry_transient
 from iclora_data import __version__
 from iclora_data.caption.settings import CaptionSettings
 from iclora_data.compose import compose_set, place_composites
 from iclora_data.config import BuildConfig, ComposeSettings
-from iclora_data.dedup import DEFAULT_MAX_DISTANCE
+from iclora_data.dedup import DEFAULT_MAX_DISTANCE, deduplicate_sets
 from iclora_data.ingest import IngestResult, ingest
 from iclora_data.progress import progress
 from iclora_data.records import (
@@ -36,8 +36,7 @@ from iclora_data.records import (
     save_caption,
 )
 from iclora_data.report import build_report, write_report
-from iclora_data.set_dedup import deduplicate_sets
-from iclora_data.store import RunStore, atomic_write_json
+from iclora_data.store import RunStore, atomic_write_json, remove_partial_files
 
 # The run store caches by content; Prefect's own input hashing and result persistence would only cost time.
 
@@ -47,7 +46,8 @@ def ingest_source(source: str) -> IngestResult:
     return ingest(Path(source))
 
 
-@task(name="compose", task_run_name="compose {src.set_id}", cache_policy=NO_CACHE, persist_result=False)
+@task(name="compose", task_run_name="compose {src.set_id}", cache_policy=NO_CACHE, persist_result=False,
+      retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 def compose_one(src: SourceSet, settings: ComposeSettings, out: str) -> PreparedSet:
     prepared = compose_set(src, settings, RunStore(Path(out)))
     progress().advance("compose")
@@ -65,14 +65,16 @@ def place(out: str, prepared: list[PreparedSet], decisions: dict[str, SetDecisio
     return place_composites(Path(out), RunStore(Path(out)), prepared, decisions, settings)
 
 
-@task(name="caption", cache_policy=NO_CACHE, persist_result=False)
+# a retry resumes: every caption finished before the failure is in the run store
+@task(name="caption", cache_policy=NO_CACHE, persist_result=False,
+      retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 def caption(out: str, composites: list[CompositeRecord], settings: CaptionSettings) -> list[CaptionRecord]:
-    from iclora_data.caption import caption_sets, load_captioner
+    from iclora_data.caption import caption_sets
 
-    captioner = load_captioner(settings)  # cached per process: loaded once per worker
     progress().start("caption", len(composites))
+    # the model loads only when a caption is not in the store, and then once per process (worker)
     records = caption_sets(composites, composites_dir(Path(out)), RunStore(Path(out)), settings,
-                           captioner=captioner, on_result=lambda _r: progress().advance("caption"))
+                           on_result=lambda _r: progress().advance("caption"))
     keep = {file_stem(r.set_id) for r in records}
     for r in records:
         save_caption(Path(out), r)
@@ -135,6 +137,7 @@ def build_dataset(source: str, out: str, config: dict[str, Any] | None = None,
         report = build_report(ingested, prepared, decisions)
         write_report(out_path, report)
         log.info("%s", ", ".join(f"{k}: {v}" for k, v in report["counts"].items()))
+        _rejects_artifact(report)
         # build.json first: the dataset card reads how the data was built from it
         atomic_write_json(out_path / "build.json", {
             "version": 1, "source": str(ingested.source), "source_kind": ingested.kind,
@@ -152,20 +155,14 @@ def build_dataset(source: str, out: str, config: dict[str, Any] | None = None,
     return {"counts": report["counts"], "decoded_images": decoded, "out": str(out_path)}
 
 
-# store.atomic_write_* / atomic_path write ".<name>.<8 random chars>[.ext]" and rename it into place
-_PARTIAL_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+def _rejects_artifact(report: dict[str, Any]) -> None:
+    """The sets that left the dataset, with their reasons, as a table in the Prefect UI."""
+    from prefect.artifacts import create_table_artifact
 
-
-def remove_partial_files(out: Path) -> int:
-    """Delete temporary files a killed run left under OUT (called under the OUT lock: none is in use).
-    Finished files were renamed into place whole, so only these can be partial."""
-    removed = 0
-    for folder, _dirs, files in os.walk(out):
-        for name in files:
-            if name.startswith(".") and _PARTIAL_NAME.match(name):
-                Path(folder, name).unlink(missing_ok=True)
-                removed += 1
-    return removed
+    rows = [{"set": s["set_id"], "status": s["status"], "reason": s.get("reason") or "",
+             "duplicate of": s.get("duplicate_of") or ""} for s in report["sets"] if s["status"] != "kept"]
+    create_table_artifact(rows or [{"set": "", "status": "", "reason": "no set was rejected", "duplicate of": ""}],
+                          key="iclora-rejects", description=f"{len(rows)} set(s) not kept")
 
 
 def _prompt_version() -> str | None:

@@ -117,9 +117,9 @@ def build(
                                    "caption.base_url": base_url, "until": until, "workers": workers})
         check_writable(out)
         if cfg.until != "compose":
-            from iclora_data.caption import load_captioner
+            from iclora_data.caption import check_captioner
 
-            load_captioner(cfg.caption)  # a bad model is one clear error before any work
+            check_captioner(cfg.caption)  # a bad model is one clear error before any work (no weights loaded)
         _prefect_env(verbose)
         from flows.build_dataset import build_dataset
         from flows.runners import make_task_runner
@@ -172,7 +172,7 @@ def deploy(
                                    "caption.base_url": base_url, "until": until})
         check_writable(out)
         if cfg.until != "compose":
-            from iclora_data.caption.run import check_captioner
+            from iclora_data.caption import check_captioner
 
             check_captioner(cfg.caption)  # cheap: a bad model fails now, not at 03:00
         serve_build(str(source), str(out), cfg.model_dump(mode="json"), cron=cron, interval=interval,
@@ -213,17 +213,17 @@ def retrain(
 
         cfg = load_config(config, {"compose.preset": preset, "caption.model": model})
         train_cfg = load_train_config(train_config, base=base, steps=steps, scale=scale)
-        check_writable(out)
-        check_writable(lora_dir)
-        from iclora_data.caption import load_captioner
-
-        load_captioner(cfg.caption)
         _prefect_env(verbose)
         from flows.retrain import retrain as retrain_flow
         from flows.retrain import sample_preset as pick_preset
 
         if samples:
             pick_preset(cfg.model_dump(mode="json"), sample_preset)
+        check_writable(out)
+        check_writable(lora_dir)
+        from iclora_data.caption import check_captioner
+
+        check_captioner(cfg.caption)
         result = _run_with_progress(retrain_flow, str(source), str(out), str(lora_dir), cfg.model_dump(mode="json"),
                                     train_cfg.model_dump(mode="json"), preset=sample_preset, samples=samples,
                                     sample_steps=sample_steps, sample_scale=sample_scale, force=force,
@@ -272,9 +272,9 @@ def caption_cmd(
         cfg = load_config(config, {"caption.model": model, "caption.backend": backend,
                                    "caption.base_url": base_url,
                                    "caption.prompt_file": str(prompt_file) if prompt_file else None})
-        from iclora_data.caption import load_captioner
+        from iclora_data.caption import check_captioner
 
-        load_captioner(cfg.caption)
+        check_captioner(cfg.caption)
         _prefect_env(verbose)
         from flows.caption import caption as caption_flow
 

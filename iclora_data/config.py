@@ -82,19 +82,22 @@ class BuildConfig(BaseModel):
     workers: int = Field(2, ge=1, le=256)  # threads for decode/hash/compose
 
 
+def read_yaml_mapping(path: Path, error: type[IcloraError] = ConfigError) -> dict[str, Any]:
+    """A YAML config file as a mapping; any problem is one ``error`` line naming the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise error(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise error(f"config file {path} must hold a mapping of settings")
+    return loaded or {}
+
+
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> BuildConfig:
     """Read the YAML config (if any), apply ``overrides`` (``"section.key": value``), validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}".replace("\n", " ")) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of settings")
-        data = loaded or {}
+    data = read_yaml_mapping(path) if path is not None else {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

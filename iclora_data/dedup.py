@@ -7,11 +7,11 @@ JPEG q30-q90, PNG<->JPEG, resizes 1/8..x1.5, brightness/contrast/saturation/gamm
 Hamming distances, positives = 4140 pairs of variants of one photo, negatives = 60480 pairs
 of different photos + 165 pairs of non-overlapping crops of one photo:
 
-    hash   positives p99 / max   negatives min (photos / crops)   ms per image
-    phash        4 / 6                 20 / 20                        30
-    dhash        8 / 13                15 / 8                         19
-    ahash       15 / 19                14 / 6                         20
-    whash        2 / 4                 14 / 6                        460
+    hash   positives p99 / max   negatives min (photos / crops)   ms per image (quiet / loaded)
+    phash        4 / 6                 20 / 20                        11 / 30
+    dhash        8 / 13                15 / 8                         10 / 19
+    ahash       15 / 19                14 / 6                         10 / 20
+    whash        2 / 4                 14 / 6                        138 / 460
 
 Only ``phash`` (DCT of a 32x32 grey thumbnail, bits above the median of the 8x8 lowest
 frequencies) separates the groups completely, including draft-scaled decodes, and it is cheap.
@@ -27,7 +27,16 @@ chunk ``i`` whenever ``sum(t_i + 1) >= r + 1``. Per chunk, items are bucketed by
 ``k ^ mask`` (each unordered bucket pair once), and the candidates are verified with
 ``np.bitwise_count``. A cost model picks ``m`` from ``r`` and ``n`` and falls back to a blocked
 brute force where indexing stops paying (small ``n`` or large ``r``). Both paths are exact.
-TODO_SEARCH_FIGURES
+Work happens in chunk-sorted order, so the probes of a flip mask walk the bucket table in a few
+ascending streams, and small buckets are verified directly without per-candidate index arrays.
+
+Measured (1,000,000 random hashes with 1% planted near-copies, ``max_distance`` 8, 2 shared
+cores, quiet machine): 4.7 s, peak RSS 169 MB (50 MB before the call), 100% recall and
+precision against brute force on a 100k subset, where it is 72x faster than the chunked numpy
+``bitwise_count`` brute force (0.23 s vs 16.1 s; the brute force would need ~1600 s for 1M).
+``faiss.IndexBinaryMultiHash(64, 3, 20)`` with ``nflip=2`` (the same pigeonhole, as 1M range
+queries) found the same 8,318 pairs in 121 s, 26x slower, hence numpy. Under heavy load from
+other jobs (load average 8-11) the 1M search took 30-37 s.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import operator
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import SupportsIndex
 
 import numpy as np
 from PIL import Image
@@ -52,11 +62,15 @@ _UINT64_MASK = (1 << _HASH_BITS) - 1
 _MAX_CHUNK_BITS = 22
 # Candidate pairs (or brute-force cells) handled at once: bounds the temporary arrays.
 _BLOCK = 1 << 22
-# Cost model, in seconds per unit, measured on the 2-core development machine (numpy 2.4).
+# Partners per query compared directly before falling back to the blocked expansion.
+_DIRECT_LEVELS = 3
+# Cost model, in seconds per unit, measured on the shared 2-core development machine (numpy 2.4).
+# Only the ratios matter: they pick the chunking, or the brute force; every choice is exact.
 _COST_PER_MASK = 30e-6  # python + numpy call overhead of one flip mask
 _COST_PER_MASK_ITEM = 22e-9  # xor + bucket-table gather + nonzero, per probing item and mask
 _COST_PER_CANDIDATE = 25e-9  # expand + gather + verify one candidate pair
 _COST_PER_SORT_ITEM = 150e-9  # chunk extraction, argsort, bincount per item and chunk
+_COST_PER_TABLE_ENTRY = 5e-9  # building the dense bucket table, per entry
 _COST_PER_BRUTE_PAIR = 4e-9  # xor + popcount + compare + nonzero, contiguous blocks
 
 
@@ -76,7 +90,7 @@ def hamming(a: int, b: int) -> int:
     return ((a ^ b) & _UINT64_MASK).bit_count()
 
 
-def find_near_duplicates(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+def find_near_duplicates(hashes: np.ndarray, max_distance: SupportsIndex) -> np.ndarray:
     """All index pairs ``(i, j)``, ``i < j``, with ``hamming(hashes[i], hashes[j]) <= max_distance``.
 
     ``hashes`` is a 1-D ``numpy.uint64`` array. Returns an ``int64`` array of shape ``(k, 2)``,
@@ -139,7 +153,7 @@ def _plan_cost(n: int, plan: _Plan) -> float:
         if t < 0:
             continue
         masks = _ball(bits, t)
-        cost += n * _COST_PER_SORT_ITEM
+        cost += n * _COST_PER_SORT_ITEM + 2**bits * _COST_PER_TABLE_ENTRY
         cost += masks * (_COST_PER_MASK + n / 2 * _COST_PER_MASK_ITEM)
         cost += pairs * masks / 2**bits * _COST_PER_CANDIDATE  # uniform buckets assumed
     return cost
@@ -195,9 +209,20 @@ def _close_pairs(
     """Verify the item at sorted position ``queries[k]`` against the sorted positions
     ``starts[k] .. starts[k] + counts[k] - 1``; yields pair codes ``min * n + max`` (item ids)
     of the close pairs, in blocks of about ``_BLOCK`` candidates so memory stays bounded."""
+    n = len(sorted_hashes)
+    # Buckets are small (under one item on average at the planned sizes): compare the first few
+    # partners of every query level by level, with no per-candidate index arrays.
+    for _ in range(_DIRECT_LEVELS):
+        if len(queries) == 0:
+            return
+        close = np.flatnonzero(np.bitwise_count(sorted_hashes[queries] ^ sorted_hashes[starts]) <= radius)
+        if len(close):
+            i, j = order[queries[close]].astype(np.int64), order[starts[close]].astype(np.int64)
+            yield np.minimum(i, j) * n + np.maximum(i, j)
+        more = np.flatnonzero(counts > 1)
+        queries, starts, counts = queries[more], starts[more] + 1, counts[more] - 1
     if len(queries) == 0:
         return
-    n = len(sorted_hashes)
     counts = counts.astype(np.int64)
     ends = np.cumsum(counts)
     cuts = np.searchsorted(ends, np.arange(_BLOCK, ends[-1], _BLOCK), side="left") + 1
@@ -327,8 +352,12 @@ def deduplicate_sets(sets: Sequence[PreparedSet], max_distance: int = DEFAULT_MA
     for k, root in kept_of.items():
         if k != root:
             members[root].append(k)
+    neighbours: dict[int, list[int]] = defaultdict(list)
+    for a, b in duplicate_links:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
     for root, dups in members.items():
-        _decide_cluster(root, sorted(dups), duplicate_links, ids, decisions)
+        _decide_cluster(root, sorted(dups), duplicate_links, neighbours, ids, decisions)
 
     for k, set_id in enumerate(ids):
         if k not in decisions:
@@ -372,6 +401,11 @@ def _perfect_matching(n: int, matches: list[_Match]) -> list[int] | None:
     """Panel of b matched to each panel of a, when every panel finds a distinct partner."""
     if len(matches) < n:
         return None
+    if len(matches) == n:  # the usual case: one candidate per panel, a permutation or nothing
+        partner = {m.panel_a: m.panel_b for m in matches}
+        if len(partner) == n and len(set(partner.values())) == n:
+            return [partner[i] for i in range(n)]
+        return None
     from scipy.sparse import csr_array
     from scipy.sparse.csgraph import maximum_bipartite_matching
 
@@ -403,15 +437,12 @@ def _decide_cluster(
     root: int,
     duplicates: list[int],
     links: dict[tuple[int, int], str],
+    neighbours: dict[int, list[int]],
     ids: list[str],
     decisions: dict[int, SetDecision],
 ) -> None:
     """Mark a cluster's sets as duplicates of its kept set, each explained by the link through
     which a breadth-first walk from the kept set reached it."""
-    neighbours: dict[int, list[int]] = defaultdict(list)
-    for a, b in links:
-        neighbours[a].append(b)
-        neighbours[b].append(a)
     reached = {root: root}
     queue = [root]
     for current in queue:
@@ -436,4 +467,4 @@ def _share_warning(other: str, shared: list[tuple[int, int, _Match]]) -> str:
         own, theirs, match = shared[0]
         return f"shares panel {own + 1} with set {other!r} panel {theirs + 1} ({match.describe()})"
     parts = ", ".join(f"panel {own + 1} ~ panel {theirs + 1} ({m.describe()})" for own, theirs, m in sorted(shared))
-    return f"shares {len({own for own, _, _ in shared})} panels with set {other!r}: {parts}"
+    return f"shares panels with set {other!r}: {parts}"

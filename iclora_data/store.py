@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,22 @@ def link_or_copy(src: Path, dst: Path) -> None:
             import shutil
 
             shutil.copyfile(src, tmp)
+
+
+# atomic_write_* / atomic_path write ".<name>.<8 random chars>[.ext]" and rename it into place
+_PARTIAL_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
+def remove_partial_files(out: Path) -> int:
+    """Delete temporary files a killed run left under OUT (called under the OUT lock: none is in use).
+    Finished files were renamed into place whole, so only these can be partial."""
+    removed = 0
+    for folder, _dirs, files in os.walk(out):
+        for name in files:
+            if name.startswith(".") and _PARTIAL_NAME.match(name):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 class RunStore:

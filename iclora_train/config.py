@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from iclora_data.config import read_yaml_mapping
 from iclora_data.errors import IcloraError
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
@@ -88,17 +88,7 @@ class TrainConfig(BaseModel):
 
 def load_train_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
     """Defaults, then the YAML file, then the ``overrides`` that are not None (CLI flags)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TrainConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise TrainConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise TrainConfigError(f"config file {path} must hold a mapping of settings")
-        data.update(loaded or {})
+    data = read_yaml_mapping(path, TrainConfigError) if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TrainConfig(**data)

@@ -141,7 +141,7 @@ def photo(name: str) -> Image.Image:
     import skimage.data
 
     image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-    return image.resize((image.width * 2, image.height * 2), Image.LANCZOS)  # a "big" source
+    return image.resize((image.width * 2, image.height * 2), Image.Resampling.LANCZOS)  # a "big" source
 
 
 def jpeg(image: Image.Image, quality: int = 95) -> bytes:
@@ -170,8 +170,8 @@ def test_copies_of_a_real_photo_match_and_different_photos_do_not() -> None:
         "draft 1/4": decode(source, 4),
         "draft 1/8": decode(source, 8),
         "jpeg q40": decode(jpeg(full, 40)),
-        "resize 1/8": decode(jpeg(full.resize((full.width // 8, full.height // 8), Image.LANCZOS), 85)),
-        "resize x1.5": decode(jpeg(full.resize((full.width * 3 // 2, full.height * 3 // 2), Image.LANCZOS))),
+        "resize 1/8": decode(jpeg(full.resize((full.width // 8, full.height // 8), Image.Resampling.LANCZOS), 85)),
+        "resize x1.5": decode(jpeg(full.resize((full.width * 3 // 2, full.height * 3 // 2), Image.Resampling.LANCZOS))),
         "png": Image.open(io.BytesIO(png.getvalue())).convert("RGB"),
     }
     assert decode(source, 8).width == full.width // 8  # the draft really scaled
@@ -210,6 +210,30 @@ def test_duplicate_in_shuffled_order_points_at_the_set_sorting_first() -> None:
     assert decisions["b"].reason == "same 3 panels as set 'a' (near-duplicates, largest Hamming distance 4)"
     assert "'b'" in decisions["a"].reason
     assert decisions["a"].warnings == [] and decisions["b"].warnings == []
+
+
+def test_duplicate_found_when_a_panel_has_several_candidates() -> None:
+    # P' lies 5 bits from both P and Q (10 apart, so set a is fine), Q' 4 from Q and 9 from P':
+    # only P-P', Q-Q' is one to one.
+    p = X
+    q = flip(X, list(range(10)))
+    p_mid = flip(X, list(range(5)))
+    q2 = flip(q, [20, 21, 22, 23])
+    a = make_set("a", [p, q])
+    b = make_set("b", [q2, p_mid])
+    decisions = deduplicate_sets([a, b])
+    assert decisions["a"].status == "kept"
+    assert decisions["b"].status == "duplicate"
+    assert decisions["b"].reason == "same 2 panels as set 'a' (near-duplicates, largest Hamming distance 5)"
+    # the same middle panel twice cannot stand for two panels
+    c = make_set("c", [p_mid, flip(p_mid, [40, 41])])
+    assert deduplicate_sets([a, c])["c"].status == "rejected"
+    d = make_set("d", [p_mid, W])
+    decisions = deduplicate_sets([a, d])
+    assert decisions["d"].status == "kept"
+    assert decisions["d"].warnings == [
+        "shares panels with set 'a': panel 1 ~ panel 1 (Hamming distance 5), panel 1 ~ panel 2 (Hamming distance 5)"
+    ]
 
 
 def test_exact_copy_is_named_as_such() -> None:
@@ -251,9 +275,8 @@ def test_partial_overlap_warns_on_both_sides_and_keeps_both() -> None:
 
 
 def test_different_panel_counts_are_never_duplicates() -> None:
-    a = make_set("a", [X, Y])
-    b = make_set("b", [X, Y, Z], shas=["a-0-x", "a-1-y", "z"])
-    b.panels[0].sha256, b.panels[1].sha256 = a.panels[0].sha256, a.panels[1].sha256
+    a = make_set("a", [X, Y], shas=["x", "y"])
+    b = make_set("b", [X, Y, Z], shas=["x", "y", "z"])  # a's two files plus one more
     decisions = deduplicate_sets([a, b])
     assert decisions["a"].status == decisions["b"].status == "kept"
     assert decisions["a"].warnings and "set 'b'" in decisions["a"].warnings[0]

@@ -295,6 +295,7 @@ def test_trains_on_the_dataset_that_publish_writes(tmp_path):
     assert result.step == 1 and result.weights.is_file()
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_trades_memory_not_results(dataset, tmp_path):
     from safetensors.torch import load_file
 

@@ -1,0 +1,89 @@
+"""Where and how the flows' tasks run: the task runner (threads here, Ray past one machine) and the
+retry policy (transient I/O and HTTP failures only; bad data is reported, never retried)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from iclora_data.errors import IcloraError
+
+Runner = Literal["threads", "ray"]
+RUNNERS: tuple[str, ...] = ("threads", "ray")
+TASK_RETRIES = 3
+RETRY_DELAYS = [1.0, 4.0, 16.0]  # seconds: backoff for a server or disk that needs a moment
+
+# OSErrors that say something about the input, not the moment: retrying cannot help
+_PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EINVAL,
+                     errno.ENAMETOOLONG, errno.ELOOP}
+_TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+class RunnerError(IcloraError):
+    pass
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying: I/O hiccups, timeouts, dropped connections, 5xx/429 answers."""
+    if isinstance(exc, IcloraError):  # a user-facing verdict about the input or invocation
+        return False
+    module = type(exc).__module__.split(".")[0]
+    if module in ("openai", "httpx", "requests", "urllib3"):
+        status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+        if status is not None:
+            return int(status) in _TRANSIENT_HTTP
+        # no status: connection refused/reset, timeouts, protocol errors
+        return any(word in type(exc).__name__ for word in ("Connect", "Timeout", "Transport", "Network",
+                                                           "Protocol", "Read", "Write"))
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno not in _PERMANENT_ERRNOS
+    return False
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed task run only when its error is transient."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - the failed run's own exception, re-raised by result()
+        return is_transient(exc)
+    return False
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """A Ray address that does not answer is one clear error, before any work."""
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    default_port = 10001 if parts.scheme == "ray" else 6379
+    host, port = parts.hostname, parts.port or default_port
+    if not host:
+        raise RunnerError(f"--ray-address {address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise RunnerError(f"the Ray cluster at {address} does not answer ({exc.strerror or exc}); start it "
+                          "(`ray start --head`) or fix --ray-address") from None
+
+
+def make_task_runner(runner: str = "threads", workers: int = 2, ray_address: str | None = None,
+                     ray_init: dict[str, Any] | None = None) -> Any:
+    """``threads``: a thread pool of ``workers`` on this machine. ``ray``: prefect-ray's RayTaskRunner on the
+    cluster at ``ray_address``, or on a local Ray instance it starts when no address is given."""
+    if runner == "threads":
+        if ray_address:
+            raise RunnerError("--ray-address needs --runner ray")
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if runner != "ray":
+        raise RunnerError(f"unknown runner {runner!r}: use {' or '.join(RUNNERS)}")
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        raise RunnerError("--runner ray needs prefect-ray and ray: pip install 'iclora[ray]'") from None
+    if ray_address:
+        check_ray_address(ray_address)
+    return RayTaskRunner(address=ray_address, init_kwargs=ray_init or {})
