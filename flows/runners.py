@@ -80,10 +80,10 @@ def make_task_runner(runner: str = "threads", workers: int = 2, ray_address: str
         return ThreadPoolTaskRunner(max_workers=workers)
     if runner != "ray":
         raise RunnerError(f"unknown runner {runner!r}: use {' or '.join(RUNNERS)}")
+    if ray_address:
+        check_ray_address(ray_address)
     try:
         from prefect_ray import RayTaskRunner
     except ImportError:
         raise RunnerError("--runner ray needs prefect-ray and ray: pip install 'iclora[ray]'") from None
-    if ray_address:
-        check_ray_address(ray_address)
     return RayTaskRunner(address=ray_address, init_kwargs=ray_init or {})
