@@ -8,8 +8,9 @@ from SOURCE leave OUT. Runs of one deployment never interleave: the deployment t
 time (later ones wait in the queue, visible in the UI as AwaitingConcurrencySlot) and the flow
 holds the OUT lock (``lock_timeout``) against anything else writing OUT.
 
-For work pools instead of a serving process, ``prefect.yaml`` at the repository root describes the
-same deployment (``prefect deploy --all``).
+For work pools instead of a serving process, deploy the entrypoint
+``flows.build_dataset:build_dataset`` with ``prefect deploy`` and the same parameters (``source``,
+``out``, ``config``, ``lock_timeout``); the project ships no ``prefect.yaml`` yet.
 """
 
 from __future__ import annotations
