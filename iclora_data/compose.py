@@ -29,6 +29,7 @@ from iclora_data.records import (
     composites_dir,
     file_stem,
 )
+from iclora_data.sources import read_source
 from iclora_data.store import RunStore, atomic_path, content_key, link_or_copy
 
 COMPOSITE_VERSION = "composite/v1"  # bump when the way pixels are produced changes
@@ -55,7 +56,7 @@ def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore) -> P
     sizes: list[tuple[int, int]] = []
     for ledger, path in zip(src.files, src.paths, strict=True):
         try:
-            data = Path(path).read_bytes()
+            data = read_source(path)
         except OSError as exc:
             prepared.file_reasons[ledger] = f"cannot read the file: {exc.strerror or exc}"
             datas.append(b"")
