@@ -4,6 +4,7 @@ non-zero exit), then runs a Prefect flow or a library function with a rich progr
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -334,12 +335,32 @@ def _register_train_commands() -> None:
 _register_train_commands()
 
 
+class Interrupted(SystemExit):
+    """SIGTERM or SIGINT arrived. A SystemExit, so that click passes it through (it would print "Aborted!"
+    for a KeyboardInterrupt) and the stack unwinds: locks are released, and the atexit hook that stops
+    Prefect's temporary server runs, which SIGTERM's default (an immediate end) would skip."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> None:  # pragma: no cover - console entry point
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
     try:
         app()
     except IcloraError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
+    except Interrupted as exc:
+        err.print(f"[bold red]error:[/] interrupted by {exc.signal_name}; finished work is kept, run the same "
+                  "command again to resume", highlight=False, soft_wrap=True)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,3 +87,37 @@ def test_layout_over_the_bounds_is_a_one_line_error(tmp_path):
     image_set(tmp_path / "src" / "a", [1, 2])
     r = iclora("build", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--layout", "4000x4000")
     assert "layout 4000x4000 is too large" in assert_one_error_line(r, "bad setting compose.layout")
+
+
+@pytest.mark.parametrize("signum", [
+    signal.SIGTERM,
+    pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+])
+def test_a_killed_build_leaves_no_process_behind(tmp_path, signum):
+    """The temporary Prefect server is a child process: a build stopped by a signal must take it along."""
+    import psutil
+
+    from iclora_data.store import RunStore
+
+    image_set(tmp_path / "src" / "a", [1, 2])
+    out = tmp_path / "out"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}  # a fresh home: its own temporary server
+    env.pop("PREFECT_API_URL", None)
+    with RunStore(out).lock():  # the build waits for this lock inside its flow, with the server up
+        proc = subprocess.Popen([sys.executable, "-m", "iclora_data.cli", "build", str(tmp_path / "src"), "--out",
+                                 str(out), "--until", "compose", "--wait", "600"], stderr=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, text=True, env=env)
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 240
+        children: list[psutil.Process] = []
+        while not children and proc.poll() is None and time.monotonic() < deadline:
+            children = [c for c in parent.children(recursive=True) if "uvicorn" in " ".join(c.cmdline())]
+            time.sleep(0.2)  # polling for a condition, bounded by the deadline
+        assert children, "the temporary Prefect server never started"
+        everything = parent.children(recursive=True)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum
+    assert stderr.strip().splitlines()[-1].startswith(f"error: interrupted by {signal.Signals(signum).name}")
+    _, alive = psutil.wait_procs(everything, timeout=30)
+    assert alive == [], f"left behind: {[p.cmdline() for p in alive]}"
