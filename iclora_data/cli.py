@@ -310,14 +310,16 @@ def export(
     out: Annotated[Path, typer.Argument(help="A finished build's OUT folder.")],
     format: Annotated[str, typer.Option("--format", "-f", help="ai-toolkit, kohya or folder.")] = "ai-toolkit",
     dest: Annotated[Path | None, typer.Option(help="Where to write (default OUT/export/FORMAT).")] = None,
+    root: Annotated[str | None, typer.Option(help="Write absolute paths under this folder (where the export "
+                                                  "will be on the training machine) instead of relative ones.")] = None,
 ) -> None:
-    """Write the image + .txt caption folder (and config) that a LoRA trainer reads."""
+    """Write the image + .txt caption folder (and config, script, README) that a LoRA trainer reads."""
     from iclora_data.export import export_dataset
 
     if format not in ("ai-toolkit", "kohya", "folder"):
         fail(f"--format must be ai-toolkit, kohya or folder, got {format!r}")
     try:
-        path = export_dataset(out, format, dest)  # type: ignore[arg-type]
+        path = export_dataset(out, format, dest, root=root)  # type: ignore[arg-type]
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(f"exported {format} data to {path}")
