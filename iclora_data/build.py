@@ -363,6 +363,7 @@ def _commit(ingested: IngestResult, prepared: list[PreparedSet], decisions: Mapp
                           composite_file=lambda rec: store_image(layout, rec))
 
         # --- put in place: nothing above touched an output ---------------------------------------
+        sync_filesystem(layout.root)  # store objects and staged files are on disk before outputs point at them
         if composites_changed:
             _place_composites(layout, kept)
             rewritten.append("composites")

@@ -35,7 +35,7 @@ from iclora_data.records import (
     file_stem,
 )
 from iclora_data.sources import read_source
-from iclora_data.store import RunStore, StatCache, atomic_path, content_key, sync_filesystem
+from iclora_data.store import RunStore, StatCache, atomic_path, content_key, sync_shard
 
 COMPOSITE_VERSION = "composite/v1"  # bump when the way pixels are produced changes
 MIN_PANELS = 2
@@ -60,7 +60,7 @@ def prepare_shard(shard: Shard, settings: ComposeSettings, out: str) -> Prepared
     finally:
         cache.close()
     if any(p.decoded for p in result.sets):
-        sync_filesystem(store.root)
+        sync_shard(store.root)
     return result
 
 

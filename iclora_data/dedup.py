@@ -74,14 +74,27 @@ _COST_PER_TABLE_ENTRY = 5e-9  # building the dense bucket table, per entry
 _COST_PER_BRUTE_PAIR = 4e-9  # xor + popcount + compare + nonzero, contiguous blocks
 
 
+HASH_PROXY_SIDE = 128  # shorter side of the proxy the hash is computed from (4x the 32 px DCT input)
+
+
+def hash_proxy(image: Image.Image) -> Image.Image:
+    """A small grey copy of a decoded panel: a box reduce by an integer factor (cheap, in C), so the
+    hash's own Lanczos resize to 32x32 reads ~20k pixels instead of millions. The one place panels
+    are made small for hashing (benchmarks/bench_phash_threshold.py measures its effect)."""
+    factor = min(image.size) // HASH_PROXY_SIDE
+    small = image.reduce(factor) if factor > 1 else image
+    return small.convert("L")
+
+
 def perceptual_hash(image: Image.Image) -> int:
-    """64-bit DCT perceptual hash (``imagehash.phash``) of a decoded panel, as an unsigned int.
+    """64-bit DCT perceptual hash (``imagehash.phash``) of a decoded panel, as an unsigned int,
+    computed from ``hash_proxy(image)``.
 
     Bits are in ``imagehash`` order (first DCT coefficient is the most significant bit), so
     ``hamming`` of two values equals ``imagehash``'s ``h1 - h2``."""
     import imagehash
 
-    bits = imagehash.phash(image).hash.ravel()
+    bits = imagehash.phash(hash_proxy(image)).hash.ravel()
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,6 +142,23 @@ def sync_filesystem(path: Path) -> None:
     except (OSError, AttributeError):
         pass
     os.sync()
+
+
+_SYNC_INTERVAL = 5.0  # seconds: at most one syncfs per process this often from the shards
+_last_sync = [0.0]
+_sync_lock = threading.Lock()
+
+
+def sync_shard(path: Path) -> None:
+    """The durability point of a shard: its store objects reach the disk. A syncfs flushes the whole file
+    system (50-200 ms on a busy machine), so shards of one process share one every few seconds; the
+    commit step syncs unconditionally before it touches an output (docs/ARCHITECTURE.md)."""
+    with _sync_lock:
+        now = time.monotonic()
+        if now - _last_sync[0] < _SYNC_INTERVAL:
+            return
+        _last_sync[0] = now
+    sync_filesystem(path)
 
 
 # Names an older iclora gave its temporary files: ".<name>.<8 random chars>[.ext]"
