@@ -192,3 +192,20 @@ def test_retrain_without_a_sample_preset_is_one_clear_error_before_any_work(tmp_
     assert result.exit_code == 2
     assert result.output.startswith("error: retrain samples validation sets at a preset's size")
     assert not (tmp_path / "OUT" / "report.json").exists()
+
+
+def test_the_flow_runs_one_task_per_shard_named_by_its_sets(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.build_dataset import build_dataset
+
+    source = many_sets(tmp_path / "SOURCE", 3)
+    state = build_dataset(str(source), str(tmp_path / "OUT"), {"until": "compose"}, shard_size=2, return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert sorted(r.name for r in runs) == ["prepare shard 0 (set-0000 … set-0001, 2 sets)",
+                                            "prepare shard 1 (set-0002, 1 set)"]
+    assert all(r.state is not None and r.state.is_completed() for r in runs)
