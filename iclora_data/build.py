@@ -182,6 +182,7 @@ def _prepare(shards: list[Shard], cfg: BuildConfig, layout: OutDir, executor: Ex
     fn = functools.partial(prepare_shard, settings=cfg.compose, out=str(layout.root))
     results: dict[int, list[PreparedSet]] = {}
     cache = StatCache(layout.stat_cache)
+    cache.open_for_writing()
     try:
         for index, shard in executor.map(fn, shards, [s.name("prepare") for s in shards]):
             cache.update(shard.stat_rows)  # the one writer of the stat cache

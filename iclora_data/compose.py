@@ -226,13 +226,10 @@ THUMB_QUALITY = 80
 
 
 def save_thumbnail(canvas: Image.Image, path: Path) -> None:
-    """The gallery's thumbnail, made from the composite while it is still in memory (no second decode).
-    A box reduce by an integer factor, then a small resize: the cheapest good-looking way down."""
-    factor = max(1, max(canvas.size) // THUMB_SIDE)
+    """The gallery's thumbnail, made from the composite while it is still in memory (no second decode):
+    one box reduce by the smallest integer factor that fits THUMB_SIDE, the cheapest good-looking way down."""
+    factor = -(-max(canvas.size) // THUMB_SIDE)
     thumb = canvas.reduce(factor) if factor > 1 else canvas
-    if max(thumb.size) > THUMB_SIDE:
-        thumb = thumb.copy()
-        thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
     with atomic_path(path) as tmp:
         thumb.save(tmp, "JPEG", quality=THUMB_QUALITY)
 

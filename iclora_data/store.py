@@ -256,16 +256,25 @@ class StatCache:
         import sqlite3
 
         if self._conn is None:
-            if not write and not self.path.exists():
-                return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
-                         "mtime_ns INTEGER, ino INTEGER, sha256 TEXT, facts TEXT)")
+            if write:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")  # readers in workers never wait for the writer
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
+                             "mtime_ns INTEGER, ino INTEGER, sha256 TEXT, facts TEXT)")
+            else:
+                if not self.path.exists():
+                    return None
+                # read-only: a worker takes no lock that could make the driver's writes wait
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
+                                       check_same_thread=False)
             self._conn = conn
         return self._conn
+
+    def open_for_writing(self) -> None:
+        """Create the table and switch to WAL, before any worker reads (the driver calls it)."""
+        self._connect(write=True)
 
     @staticmethod
     def stat_key(st: os.stat_result) -> tuple[int, int, int]:
@@ -273,11 +282,16 @@ class StatCache:
 
     def lookup(self, path: str, st: os.stat_result) -> tuple[str, dict[str, Any] | None] | None:
         """(sha256, facts or None) of ``path`` when its stat is unchanged since it was cached."""
+        import sqlite3
+
         conn = self._connect(write=False)
         if conn is None:
             return None
-        row = conn.execute("SELECT size, mtime_ns, ino, sha256, facts FROM files WHERE path = ?",
-                           (path,)).fetchone()
+        try:
+            row = conn.execute("SELECT size, mtime_ns, ino, sha256, facts FROM files WHERE path = ?",
+                               (path,)).fetchone()
+        except sqlite3.OperationalError:  # no table yet, or the file is not a database: a miss
+            return None
         if row is None or tuple(row[:3]) != self.stat_key(st):
             return None
         return row[3], (json.loads(row[4]) if row[4] else None)
