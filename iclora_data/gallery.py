@@ -12,6 +12,7 @@ user data (ids, captions, reasons, paths) is HTML-escaped.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -33,7 +34,6 @@ from iclora_data.records import (
     file_stem,
     load_captions,
     load_composites,
-    to_dict,
 )
 from iclora_data.store import FILE_MODE, RunStore, atomic_path, content_key, temp_dir
 
@@ -157,7 +157,7 @@ def kept_figure(rec: CompositeRecord, cap: CaptionRecord | None, thumb: str | No
             f"{caption}{warn}</figcaption></figure>")
 
 
-def rejected_article(entry: dict[str, Any], file_reasons: Mapping[str, str], thumbs: Mapping[str, str | None],
+def rejected_article(entry: Mapping[str, Any], file_reasons: Mapping[str, str], thumbs: Mapping[str, str | None],
                      up: str = "", kept_link: Callable[[str], str] | None = None) -> str:
     status = entry.get("status", "rejected")
     dup = entry.get("duplicate_of")
@@ -176,6 +176,31 @@ def rejected_article(entry: dict[str, Any], file_reasons: Mapping[str, str], thu
             f'<h3>{esc(entry.get("set_id", ""))}<span class="status">{esc(status)}</span></h3>'
             f'<p class="reason">{esc(entry.get("reason", ""))}</p>{dup_html}'
             f'<ul class="files">{"".join(items)}</ul></article>')
+
+
+class _Fields(Mapping[str, Any]):
+    """A record seen as a read-only mapping of its fields (the gallery reads dicts and records alike)."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any):
+        self._record = record
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self._record, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Any:
+        return iter(f.name for f in dataclasses.fields(self._record))
+
+    def __len__(self) -> int:
+        return len(dataclasses.fields(self._record))
+
+
+def _as_mapping(entry: Any) -> Mapping[str, Any]:
+    return entry if isinstance(entry, Mapping) else _Fields(entry)
 
 
 PAGE_SETS = 200  # sets per page: a 10,000-set build is 50 light pages, not one 7 MB page
@@ -213,8 +238,9 @@ def stage_gallery(dest: Path, layout: OutDir, *, sets: Sequence[Any], files: Seq
     ``commit_gallery`` to put in place. Thumbnails come from the run store (made while composing) and
     are hard-linked; a page holds at most PAGE_SETS sets, so memory and page size stay flat."""
     store = RunStore(layout.root)
-    entries = [s if isinstance(s, dict) else to_dict(s) for s in sets]
-    file_list = [f if isinstance(f, dict) else to_dict(f) for f in files]
+    # report entries as they are (dicts from report.json, or the build's records): no copy of the ledger
+    entries = [_as_mapping(s) for s in sets]
+    file_list = [_as_mapping(f) for f in files]
     source = (Path(build["source"]) if build.get("source_kind", "folder") == "folder" and build.get("source")
               else None)
     thumbs_dir = dest / GALLERY_DIR
@@ -223,7 +249,7 @@ def stage_gallery(dest: Path, layout: OutDir, *, sets: Sequence[Any], files: Seq
     status = {e["set_id"]: e for e in entries}
     shown = [rec for rec in kept if status.get(rec.set_id, {}).get("status") == "kept"]
     kept_page = {rec.set_id: _page_file("kept", i // PAGE_SETS + 1) for i, rec in enumerate(shown)}
-    file_reasons = {f["path"]: f.get("reason", "") for f in file_list}
+    file_reasons = {f["path"]: f.get("reason", "") for f in file_list if f.get("status") in ("rejected", "duplicate")}
     others = sorted((e for e in entries if e.get("status") in ("duplicate", "rejected")),
                     key=lambda e: (e.get("status") != "duplicate", e.get("set_id", "")))
     ignored = [f for f in file_list if f.get("status") == "ignored"]
@@ -239,7 +265,7 @@ def stage_gallery(dest: Path, layout: OutDir, *, sets: Sequence[Any], files: Seq
         os.link(stored, thumbs_dir / name)
         return name
 
-    def file_thumbs(entry: dict[str, Any]) -> dict[str, str | None]:
+    def file_thumbs(entry: Mapping[str, Any]) -> dict[str, str | None]:
         found: dict[str, str | None] = {}
         for f in entry.get("files", []):
             src = source_file(source, f)
