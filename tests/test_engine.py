@@ -303,3 +303,28 @@ def test_report_is_streamed_as_valid_json_equal_to_the_ledger(tmp_path):
     walked = {(Path(d) / f).relative_to(source).as_posix() for d, _, fs in os.walk(source) for f in fs}
     assert {f["path"] for f in report["files"]} == walked
     assert [s["set_id"] for s in report["sets"]] == [s.set_id for s in ingest(source).sets]
+
+
+def test_iclora_caption_local_recaptions_from_the_store_without_decoding(tmp_path):
+    from iclora_data.build import run_build
+
+    source = many_sets(tmp_path / "SOURCE", 2)
+    out = tmp_path / "OUT"
+    run_build(source, out, {"caption": {"model": "tiny-random"}})
+    before = outputs(out)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Describe these $n panels ($tags) of $task as JSON with summary and panels. $hints\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "iclora_data.cli", "caption", str(out), "--model", "tiny-random",
+           "--prompt-file", str(prompt), "--runner", "local"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = outputs(out)
+    build = json.loads((out / "build.json").read_text())
+    assert build["decoded_images"] == 0  # composites came from the run store
+    assert build["config"]["caption"]["prompt_file"] == str(prompt)
+    # the composites are the same files; the captions and the dataset are new
+    assert {k: v for k, v in after.items() if k.startswith("composites/")} == \
+        {k: v for k, v in before.items() if k.startswith("composites/")}
+    assert after["captions/set-0000.json"][2] != before["captions/set-0000.json"][2]
+    assert after["dataset/README.md"][0] != before["dataset/README.md"][0]
