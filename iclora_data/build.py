@@ -129,29 +129,41 @@ def run_build(source: str | Path, out: str | Path, config: BuildConfig | Mapping
     executor = executor or ThreadExecutor(cfg.workers)
     progress = progress or SilentProgress()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    workers = getattr(executor, "workers", cfg.workers)
     with store.lock(timeout=lock_timeout):
-        remove_partial_files(layout.root)
-        ingested = ingest(Path(source))
-        size = shard_size_for(len(ingested.sets), workers, shard_size)
-        shards = [Shard(i, sets) for i, sets in enumerate(make_shards(ingested.sets, size))]
+        # temporary files exist only where a run was killed mid-write: sweep (a walk of the whole store)
+        # only then, or when this OUT has never been committed by this version
+        if layout.running.exists() or not layout.commit_state.exists():
+            remove_partial_files(layout.root)
+        layout.running.touch()
+        result = _build(source, layout, cfg, executor, progress, shard_size, started)
+        layout.running.unlink()  # a run that raised leaves it too: the next one sweeps, as insurance
+        return result
 
-        prepared = _prepare(shards, cfg, layout, executor, progress)
-        decoded = sum(p.decoded for p in prepared)
-        max_distance = cfg.dedup.max_distance if cfg.dedup.max_distance is not None else DEFAULT_MAX_DISTANCE
-        progress.start("dedup", 1)
-        decisions = deduplicate_sets([p for p in prepared if not p.rejection], max_distance)
-        progress.advance("dedup")
 
-        captions: dict[str, CaptionRecord] = {}
-        if cfg.until != "compose":
-            kept = [p.composite for p in prepared if p.composite is not None
-                    and decisions.get(p.set_id, _NONE).status == "kept"]
-            captions = caption_composites(kept, layout, cfg.caption, executor, progress, size)
-            decisions = reject_failed_captions(decisions, captions.values())
-        if not Path(source).exists():
-            raise SourceVanishedError(f"SOURCE {source} disappeared during the build; nothing was changed in {out}")
-        return _commit(ingested, prepared, decisions, captions, cfg, layout, decoded, started, progress)
+def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Executor, progress: ProgressListener,
+           shard_size: int | None, started: str) -> BuildResult:
+    workers = getattr(executor, "workers", cfg.workers)
+    ingested = ingest(Path(source))
+    size = shard_size_for(len(ingested.sets), workers, shard_size)
+    shards = [Shard(i, sets) for i, sets in enumerate(make_shards(ingested.sets, size))]
+
+    prepared = _prepare(shards, cfg, layout, executor, progress)
+    decoded = sum(p.decoded for p in prepared)
+    max_distance = cfg.dedup.max_distance if cfg.dedup.max_distance is not None else DEFAULT_MAX_DISTANCE
+    progress.start("dedup", 1)
+    decisions = deduplicate_sets([p for p in prepared if not p.rejection], max_distance)
+    progress.advance("dedup")
+
+    captions: dict[str, CaptionRecord] = {}
+    if cfg.until != "compose":
+        kept = [p.composite for p in prepared if p.composite is not None
+                and decisions.get(p.set_id, _NONE).status == "kept"]
+        captions = caption_composites(kept, layout, cfg.caption, executor, progress, size)
+        decisions = reject_failed_captions(decisions, captions.values())
+    if not Path(source).exists():
+        raise SourceVanishedError(f"SOURCE {source} disappeared during the build; nothing was changed in "
+                                  f"{layout.root}")
+    return _commit(ingested, prepared, decisions, captions, cfg, layout, decoded, started, progress)
 
 
 _NONE = SetDecision("", "rejected", "")

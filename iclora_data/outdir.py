@@ -86,6 +86,11 @@ class OutDir:
         return self.store / "statcache.sqlite"
 
     @property
+    def running(self) -> Path:
+        """Present while a build runs; found at the start of a build, it says the last one was killed."""
+        return self.store / "running"
+
+    @property
     def commit_state(self) -> Path:
         """Digests of the inputs of the outputs last committed (to skip rewriting what did not change)."""
         return self.store / "commit.json"

@@ -328,3 +328,20 @@ def test_iclora_caption_local_recaptions_from_the_store_without_decoding(tmp_pat
         {k: v for k, v in before.items() if k.startswith("composites/")}
     assert after["captions/set-0000.json"][2] != before["captions/set-0000.json"][2]
     assert after["dataset/README.md"][0] != before["dataset/README.md"][0]
+
+
+def test_a_build_after_a_killed_one_sweeps_its_temporary_files(tmp_path):
+    from iclora_data.build import run_build
+    from iclora_data.outdir import TEMP_PREFIX, OutDir
+
+    source = many_sets(tmp_path / "SOURCE", 2)
+    out = tmp_path / "OUT"
+    run_build(source, out, {"until": "compose"})
+    assert not OutDir(out).running.exists()  # a finished build leaves no marker
+    # what a SIGKILL mid-write leaves: the marker and a temporary file deep in the store
+    leftover = out / ".iclora" / "composites" / "ab" / f"{TEMP_PREFIX}x.jpg.k2j9xq1z.jpg"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"half")
+    OutDir(out).running.touch()
+    run_build(source, out, {"until": "compose"})
+    assert not leftover.exists() and not OutDir(out).running.exists()
