@@ -1,5 +1,5 @@
 """Deduplication: perceptual hashes of panels, an exact sub-quadratic near-duplicate search, and
-the set-level rules of DESIGN.md (Source layouts -> Duplicates).
+the set-level rules (docs/ARCHITECTURE.md, "Duplicates").
 
 Hash choice (``benchmarks/bench_phash_threshold.py``: 15 real photographs from ``skimage.data``
 upscaled 3x into 1150-4200 px JPEG sources, 24 variants each: draft decodes at 1/2, 1/4, 1/8,
@@ -321,7 +321,7 @@ class _Match:
 def deduplicate_sets(sets: Sequence[PreparedSet], max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, SetDecision]:
     """Decide ``kept`` / ``duplicate`` / ``rejected`` for sets that passed validation.
 
-    Rules (DESIGN.md, Source layouts -> Duplicates): a set with two near-duplicate panels of
+    Rules (docs/ARCHITECTURE.md, "Duplicates"): a set with two near-duplicate panels of
     its own is rejected and takes no further part; two sets whose panels match one to one as
     near-duplicates (same count, any order) are duplicates, and every set of such a cluster
     points at the one whose id sorts first, which is kept; sets that share only some panels

@@ -108,7 +108,7 @@ def load_finished_build(out: Path) -> FinishedBuild:
 
 
 def dataset_features() -> datasets.Features:
-    """The columns of DESIGN.md, typed."""
+    """The dataset's columns (docs/ARCHITECTURE.md, "The dataset"; the card lists them), typed."""
     from datasets import Features, Image, Sequence, Value
 
     text = Value("string")
