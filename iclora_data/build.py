@@ -35,9 +35,9 @@ from iclora_data import __version__
 from iclora_data.compose import prepare_shard
 from iclora_data.config import BuildConfig
 from iclora_data.dedup import DEFAULT_MAX_DISTANCE, deduplicate_sets
-from iclora_data.errors import IcloraError
+from iclora_data.errors import EnvironmentFailure, IcloraError, describe_os_error
 from iclora_data.executors import Executor, ThreadExecutor
-from iclora_data.ingest import IngestResult, ingest
+from iclora_data.ingest import IngestResult, check_out_is_not_source, ingest
 from iclora_data.outdir import OutDir
 from iclora_data.progress import ProgressListener, SilentProgress
 from iclora_data.records import (
@@ -124,6 +124,7 @@ def run_build(source: str | Path, out: str | Path, config: BuildConfig | Mapping
     ``progress`` hears about each stage from this thread only. Raises IcloraError for a problem of the
     invocation or the environment; bad data is reported per set in the ledger."""
     cfg = config if isinstance(config, BuildConfig) else BuildConfig.model_validate(dict(config or {}))
+    check_out_is_not_source(source, out)  # before the lock would create OUT/.iclora inside SOURCE
     layout = OutDir(out)
     store = RunStore(layout.root)
     executor = executor or ThreadExecutor(cfg.workers)
@@ -135,7 +136,11 @@ def run_build(source: str | Path, out: str | Path, config: BuildConfig | Mapping
         if layout.running.exists() or not layout.commit_state.exists():
             remove_partial_files(layout.root)
         layout.running.touch()
-        result = _build(source, layout, cfg, executor, progress, shard_size, started)
+        try:
+            result = _build(source, layout, cfg, executor, progress, shard_size, started)
+        except OSError as exc:  # per-file problems are reasons in the ledger: what reaches here is the run's
+            raise EnvironmentFailure(f"the build failed: {describe_os_error(exc)}; the previous outputs in "
+                                     f"{layout.root} are unchanged") from exc
         layout.running.unlink()  # a run that raised leaves it too: the next one sweeps, as insurance
         return result
 
@@ -143,7 +148,7 @@ def run_build(source: str | Path, out: str | Path, config: BuildConfig | Mapping
 def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Executor, progress: ProgressListener,
            shard_size: int | None, started: str) -> BuildResult:
     workers = getattr(executor, "workers", cfg.workers)
-    ingested = ingest(Path(source))
+    ingested = ingest(Path(source), out=layout.root)
     size = shard_size_for(len(ingested.sets), workers, shard_size)
     shards = [Shard(i, sets) for i, sets in enumerate(make_shards(ingested.sets, size))]
 

@@ -4,6 +4,7 @@ non-zero exit), then runs a Prefect flow or a library function with a rich progr
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -38,6 +39,27 @@ def _prefect_env(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     # the temporary server needs longer than Prefect's 20 s default on a busy 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # Prefect's handlers exist from here on; the filter below amends them
+    if not verbose:
+        for handler in _prefect_console_handlers():
+            handler.addFilter(_drop_user_errors)
+
+
+def _drop_user_errors(record: logging.LogRecord) -> bool:
+    """An IcloraError reaches the user as the CLI's one `error:` line; Prefect's console echo of the same
+    error (a traceback) is dropped. Prefect's database and UI still get it, and -v shows it."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, IcloraError)
+
+
+def _prefect_console_handlers() -> list[logging.Handler]:
+    """Prefect's console handlers (it puts one on the root logger), not the one that feeds its API."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)
+                                      if name.startswith("prefect"))]
+    return [h for lg in loggers for h in lg.handlers
+            if isinstance(h, logging.StreamHandler) and type(h).__module__.startswith("prefect")]
 
 
 def check_writable(out: Path) -> None:
@@ -146,6 +168,8 @@ def build(
             check_captioner(cfg.caption)  # a bad model is one clear error before any work (no weights loaded)
         result = _run_build(runner, ray_address, verbose, str(source), str(out), cfg, wait)
     except IcloraError as exc:
+        if verbose:
+            err.print_exception()  # -v: where it happened, then the one line
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora build -> {out}"))
     out_console.print(f"ledger: {out / 'report.json'}")

@@ -180,9 +180,7 @@ def ingest(source: Path, out: Path | None = None) -> IngestResult:
     source = Path(source)
     if not source.exists():
         raise SourceError(f"SOURCE {source} does not exist")
-    if out is not None and Path(out).resolve() == source.resolve():
-        raise SourceError(f"OUT {out} is SOURCE itself: the build would read its own output; "
-                          "choose an output folder outside SOURCE")
+    check_out_is_not_source(source, out)
     if source.is_dir():
         return ingest_folder(source, out)
     if source.suffix.lower() in (".jsonl", ".csv"):
@@ -191,6 +189,13 @@ def ingest(source: Path, out: Path | None = None) -> IngestResult:
             raise SourceError(f"SOURCE {source} is {problem}")
         return ingest_manifest(source)
     raise SourceError(f"SOURCE {source} is neither a folder of image sets nor a .jsonl/.csv manifest")
+
+
+def check_out_is_not_source(source: str | Path, out: str | Path | None) -> None:
+    """OUT equal to SOURCE is refused: the build would read its own output as sets."""
+    if out is not None and Path(out).resolve() == Path(source).resolve():
+        raise SourceError(f"OUT {out} is SOURCE itself: the build would read its own output; "
+                          "choose an output folder outside SOURCE")
 
 
 def _junk_reason(parts: tuple[str, ...]) -> str | None:

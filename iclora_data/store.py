@@ -21,11 +21,12 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from iclora_data.errors import IcloraError
 from iclora_data.outdir import STORE_DIR, TEMP_PREFIX
 
 
-class OutputLockedError(RuntimeError):
-    pass
+class OutputLockedError(IcloraError, RuntimeError):
+    """OUT is in use by another run: the user waits or picks another OUT (one ``error:`` line)."""
 
 
 def content_key(*parts: Any) -> str:

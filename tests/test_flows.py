@@ -15,7 +15,8 @@ from tests._flows_helpers import many_sets
     (TimeoutError("read timed out"), True),
     (ConnectionResetError("reset by peer"), True),
     (OSError(errno.EIO, "Input/output error"), True),
-    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.ENOSPC, "No space left on device"), False),  # a full disk stays full: one error at once
+    (OSError(errno.EROFS, "Read-only file system"), False),
     (FileNotFoundError(errno.ENOENT, "No such file"), False),
     (PermissionError(errno.EACCES, "Permission denied"), False),
     (ValueError("panels 1 and 3 are near-duplicates"), False),
