@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iclora_data import __version__
-from iclora_data.compose import prepare_shard
+from iclora_data.compose import UNREADABLE, prepare_shard
 from iclora_data.config import BuildConfig
 from iclora_data.dedup import DEFAULT_MAX_DISTANCE, deduplicate_sets
 from iclora_data.errors import EnvironmentFailure, IcloraError, describe_os_error
 from iclora_data.executors import Executor, ThreadExecutor
+from iclora_data.faults import crash_point
 from iclora_data.ingest import IngestResult, check_out_is_not_source, ingest
 from iclora_data.outdir import OutDir
 from iclora_data.progress import ProgressListener, SilentProgress
@@ -53,6 +54,7 @@ from iclora_data.records import (
     to_dict,
 )
 from iclora_data.report import build_report_entries, write_report_stream
+from iclora_data.secrets import register_secret, scrub, scrub_obj
 from iclora_data.store import (
     RunStore,
     StatCache,
@@ -130,7 +132,12 @@ def run_build(source: str | Path, out: str | Path, config: BuildConfig | Mapping
     executor = executor or ThreadExecutor(cfg.workers)
     progress = progress or SilentProgress()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if cfg.caption.api_key_env:  # scrubbed from every message, file and log line of this process
+        register_secret(os.environ.get(cfg.caption.api_key_env))
     with store.lock(timeout=lock_timeout):
+        from iclora_data.publish import recover_dirs
+
+        recover_dirs(layout.root)  # first: a folder a killed swap set aside is put back before any sweep
         # temporary files exist only where a run was killed mid-write: sweep (a walk of the whole store)
         # only then, or when this OUT has never been committed by this version
         if layout.running.exists() or not layout.commit_state.exists():
@@ -153,6 +160,7 @@ def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Execu
     shards = [Shard(i, sets) for i, sets in enumerate(make_shards(ingested.sets, size))]
 
     prepared = _prepare(shards, cfg, layout, executor, progress)
+    check_source_was_readable(source, prepared)
     decoded = sum(p.decoded for p in prepared)
     max_distance = cfg.dedup.max_distance if cfg.dedup.max_distance is not None else DEFAULT_MAX_DISTANCE
     progress.start("dedup", 1)
@@ -165,6 +173,11 @@ def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Execu
                 and decisions.get(p.set_id, _NONE).status == "kept"]
         captions = caption_composites(kept, layout, cfg.caption, executor, progress, size)
         decisions = reject_failed_captions(decisions, captions.values())
+    # text a server sent (a failed caption's error, a caption itself) may echo a key back: nothing written
+    # from here on carries a registered secret
+    captions = {set_id: from_dict(CaptionRecord, scrub_obj(to_dict(rec))) for set_id, rec in captions.items()}
+    decisions = {set_id: dataclasses.replace(d, reason=scrub(d.reason), warnings=[scrub(w) for w in d.warnings])
+                 for set_id, d in decisions.items()}
     if not Path(source).exists():
         raise SourceVanishedError(f"SOURCE {source} disappeared during the build; nothing was changed in "
                                   f"{layout.root}")
@@ -172,6 +185,19 @@ def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Execu
 
 
 _NONE = SetDecision("", "rejected", "")
+
+
+def check_source_was_readable(source: str | Path, prepared: Sequence[PreparedSet]) -> None:
+    """A run whose sets all failed because their files could not be read failed itself: SOURCE's storage
+    is gone (an unmounted share leaves an empty folder behind), not the data bad. Committing it would
+    replace every published output with nothing."""
+    unreadable = [p for p in prepared if p.file_reasons
+                  and all(r.startswith(UNREADABLE) for r in p.file_reasons.values())]
+    if unreadable and not any(p.composite is not None for p in prepared):
+        first = next(iter(unreadable[0].file_reasons.items()))
+        raise EnvironmentFailure(f"no set could be composed and the files of {len(unreadable)} set(s) could not be "
+                                 f"read (first: {first[0]}: {first[1].removeprefix(UNREADABLE + ': ')}); is SOURCE "
+                                 f"{source} still there? Nothing was changed")
 
 
 def recaption(out: str | Path, caption: Mapping[str, Any] | None = None, executor: Executor | None = None,
@@ -278,7 +304,7 @@ def caption_composites(kept: Sequence[CompositeRecord], layout: OutDir, settings
     for index, results in executor.map(fn, [[r for r, _ in shard] for shard in shards], names):
         for (rec, index_key), cap in zip(shards[index], results, strict=True):
             if cap.status == "ok":
-                store.put_json(CAPTION_INDEX, index_key, to_dict(cap))
+                store.put_json(CAPTION_INDEX, index_key, scrub_obj(to_dict(cap)))
             records[rec.set_id] = cap
         progress.advance("caption", len(results))
     return records
@@ -382,15 +408,18 @@ def _commit(ingested: IngestResult, prepared: list[PreparedSet], decisions: Mapp
 
         # --- put in place: nothing above touched an output ---------------------------------------
         sync_filesystem(layout.root)  # store objects and staged files are on disk before outputs point at them
+        crash_point("commit-staged")
         if composites_changed:
             _place_composites(layout, kept)
             rewritten.append("composites")
+            crash_point("composites-placed")
         if captions_changed:
             _place_captions(layout, kept, kept_captions)
             rewritten.append("captions")
         if report_changed:
             os.replace(report_tmp, layout.report)
             rewritten.append("report.json")
+            crash_point("report-replaced")
         atomic_write_json(layout.build, build)  # its times say when this run happened: always written
         if stage_dataset_changed:
             from iclora_data.publish import remove_dir, replace_dir
@@ -405,6 +434,7 @@ def _commit(ingested: IngestResult, prepared: list[PreparedSet], decisions: Mapp
 
             commit_gallery(gallery_tmp, layout)
             rewritten.append("gallery")
+            crash_point("gallery-placed")
         atomic_write_json(layout.commit_state, new_state)
         sync_filesystem(layout.root)
     finally:

@@ -48,10 +48,13 @@ def _prefect_env(verbose: bool) -> None:
 
 
 def _drop_user_errors(record: logging.LogRecord) -> bool:
-    """An IcloraError reaches the user as the CLI's one `error:` line; Prefect's console echo of the same
-    error (a traceback) is dropped. Prefect's database and UI still get it, and -v shows it."""
+    """Without -v a failure reaches the user as the CLI's one `error:` line: Prefect's own console echo of
+    it (a flow's traceback, a task's "Finished in state Failed") is dropped, and so is any IcloraError's.
+    Prefect's database and UI still get every record; our own warnings still show; -v shows everything."""
     exc = record.exc_info[1] if record.exc_info else None
-    return not isinstance(exc, IcloraError)
+    if isinstance(exc, IcloraError):
+        return False
+    return not (record.name.startswith("prefect") and record.levelno >= logging.ERROR)
 
 
 def _prefect_console_handlers() -> list[logging.Handler]:

@@ -39,6 +39,7 @@ from iclora_data.store import RunStore, StatCache, atomic_path, content_key, syn
 
 COMPOSITE_VERSION = "composite/v1"  # bump when the way pixels are produced changes
 MIN_PANELS = 2
+UNREADABLE = "cannot read the file"  # the reason of a panel whose bytes could not be read (an OSError)
 
 
 def composite_key(shas: Sequence[str], layout: Layout, settings: ComposeSettings) -> str:
@@ -101,7 +102,7 @@ def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore, *, c
         try:
             _identify(panel, store, cache)
         except OSError as exc:
-            prepared.file_reasons[panel.ledger] = f"cannot read the file: {exc.strerror or exc}"
+            prepared.file_reasons[panel.ledger] = f"{UNREADABLE}: {exc.strerror or exc}"
             continue
         fact = panel.fact
         try:
@@ -148,7 +149,7 @@ def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore, *, c
                 store.put_json("panels", shas[i], panel.fact)  # a re-run need not decode it again
                 continue
             except OSError as exc:
-                prepared.file_reasons[panel.ledger] = f"cannot read the file: {exc.strerror or exc}"
+                prepared.file_reasons[panel.ledger] = f"{UNREADABLE}: {exc.strerror or exc}"
                 continue
             prepared.decoded += 1
             # the header's size, not the draft-decoded one: limits and layout are judged on the original
