@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from iclora_data.errors import IcloraError
 from iclora_data.outdir import STORE_DIR, TEMP_PREFIX
+from iclora_data.secrets import scrub_obj
 
 
 class OutputLockedError(IcloraError, RuntimeError):
@@ -207,7 +208,7 @@ class RunStore:
 
     def put_json(self, kind: str, key: str, data: Any) -> Path:
         path = self.object_path(kind, key, ".json")
-        atomic_write_json(path, data)
+        atomic_write_json(path, scrub_obj(data))  # records may hold server text that echoes a key
         return path
 
     @contextmanager

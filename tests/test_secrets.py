@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
+import pytest
+
 from iclora_data.secrets import REDACTED, register_secret, scrub, scrub_obj
 
 SECRET = "plain-registered-secret-0123456789"  # no recognisable shape: only registration catches it
@@ -38,3 +40,87 @@ def test_log_records_are_scrubbed_when_created_including_tracebacks():
     text = buf.getvalue()
     assert SECRET not in text
     assert f"401 key {REDACTED} invalid" in text and f"RuntimeError: echo {REDACTED}" in text
+
+
+# ----- end to end: a build against a caption server that echoes the API key ----------------------
+
+E2E_KEY = "plain-openai-key-ABCDEFGH12345678"  # no sk- shape: only the build's registration catches it
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_echoed_api_key_reaches_no_output_artifact_or_log(tmp_path, monkeypatch):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pyarrow.parquet as pq
+    from prefect import get_client
+
+    from flows.build_dataset import build_dataset
+    from tests._flows_helpers import many_sets
+
+    def answer(body: dict, auth: str) -> tuple[int, dict]:
+        key = auth.removeprefix("Bearer ")
+        n = sum(part["type"] == "image_url" for part in body["messages"][1]["content"])
+        text = json.dumps(body)
+        if "set-0001" in text or n == 0:
+            return 401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request"}}
+        content = {"summary": f"a set seen with key {key}", "panels": [f"panel {i} ({key})" for i in range(n)]}
+        return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": "served",
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": json.dumps(content)}}],
+                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    seen: list[str] = []
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(self.headers.get("Authorization", ""))
+            status, payload = answer(body, self.headers.get("Authorization", ""))
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    monkeypatch.setenv("ICLORA_E2E_KEY", E2E_KEY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    source = many_sets(tmp_path / "SOURCE", 3)
+    # set-0001's request names it (its hint), so the server answers that one with a 401 echoing the key
+    (source / "set-0001" / "caption.txt").write_text("set-0001")
+    out = tmp_path / "OUT"
+    config = {"caption": {"backend": "openai", "model": "served", "base_url": f"http://127.0.0.1:"
+                          f"{server.server_address[1]}/v1", "api_key_env": "ICLORA_E2E_KEY", "max_attempts": 1,
+                          "timeout_s": 10}}
+    try:
+        result = build_dataset(str(source), str(out), config)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen and all(a == f"Bearer {E2E_KEY}" for a in seen)  # the server really had the key to echo
+    assert result["counts"]["kept"] >= 1
+
+    leaks = [p for p in out.rglob("*") if p.is_file() and E2E_KEY.encode() in p.read_bytes()]
+    assert leaks == []  # report.json, build.json, captions, composites' sidecars, gallery, the run store
+    report = (out / "report.json").read_text()
+    assert REDACTED in report or REDACTED in "".join(p.read_text() for p in (out / "captions").glob("*.json"))
+    for shard in (out / "dataset" / "data").glob("*.parquet"):  # compressed: look at the values
+        table = pq.read_table(shard, columns=["caption", "summary", "panel_captions"])
+        assert E2E_KEY not in json.dumps(table.to_pylist())
+
+    async def artifacts_and_logs() -> str:
+        async with get_client() as client:
+            artifacts = await client.read_artifacts()
+            logs = await client.read_logs()
+        return json.dumps([a.data for a in artifacts], default=str) + json.dumps([lg.message for lg in logs])
+
+    import asyncio
+
+    assert E2E_KEY not in asyncio.run(artifacts_and_logs())
