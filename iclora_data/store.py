@@ -239,6 +239,14 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def _path_key(path: str) -> str:
+    """A path as SQLite text: a name that is not UTF-8 (os.fsdecode keeps its bytes as surrogates, which
+    SQLite cannot store) is written with the ledger's reversible escape, so keys stay unique."""
+    from iclora_data.ingest import ledger_name
+
+    return ledger_name(path)
+
+
 class StatCache:
     """What is known of a local file from its ``stat``, as git's index knows it: (path, size, mtime_ns,
     inode) -> sha256 and the panel's facts. An unchanged SOURCE is then neither read nor hashed again.
@@ -291,7 +299,7 @@ class StatCache:
             return None
         try:
             row = conn.execute("SELECT size, mtime_ns, ino, sha256, facts FROM files WHERE path = ?",
-                               (path,)).fetchone()
+                               (_path_key(path),)).fetchone()
         except sqlite3.OperationalError:  # no table yet, or the file is not a database: a miss
             return None
         if row is None or tuple(row[:3]) != self.stat_key(st):
@@ -304,7 +312,7 @@ class StatCache:
         """A row for ``update``, or None when the file is too fresh to trust its stat."""
         if read_at - st.st_mtime_ns / 1e9 < cls.RACY_SECONDS:
             return None
-        return (path, *cls.stat_key(st), sha, json.dumps(facts, separators=(",", ":")) if facts else None)
+        return (_path_key(path), *cls.stat_key(st), sha, json.dumps(facts, separators=(",", ":")) if facts else None)
 
     def update(self, rows: list[tuple[Any, ...]]) -> None:
         if not rows:

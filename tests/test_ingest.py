@@ -256,3 +256,25 @@ def test_unreadable_set_folder_rejects_that_set(source):
         os.chmod(source / "locked", 0o755)
     assert "cannot be read" in (by_id(result)["locked"].rejection or "")
     assert_good_untouched(result)
+
+
+@pytest.mark.timeout(120)
+def test_a_build_over_hostile_names_and_a_pipe_writes_a_utf8_ledger_and_resumes(source, tmp_path):
+    """Through the whole engine: the stat cache, the store and the ledger take names that are not UTF-8."""
+    from iclora_data.build import run_build
+    from iclora_data.executors import SerialExecutor
+
+    latin1 = source / os.fsdecode(b"caf\xe9")
+    image_set(latin1, [3, 4])
+    (latin1 / "1.jpg").rename(latin1 / os.fsdecode(b"\xe91.jpg"))
+    os.mkfifo(source / "good" / "3.jpg")
+    out = tmp_path / "out"
+    result = run_build(source, out, {"until": "compose"}, executor=SerialExecutor())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    on_disk = {os.fsdecode(os.path.relpath(os.path.join(d, f), os.fsencode(source)))
+               for d, _, fs in os.walk(os.fsencode(source)) for f in fs}  # the oracle: os.walk over bytes
+    assert {"/".join(name_from_ledger(p) for p in f["path"].split("/")) for f in report["files"]} == on_disk
+    status = {s["set_id"]: s["status"] for s in report["sets"]}
+    assert status == {"caf\\xe9": "kept", "good": "rejected"}
+    again = run_build(source, out, {"until": "compose"}, executor=SerialExecutor())
+    assert again.counts == result.counts and again.decoded_images == 0
