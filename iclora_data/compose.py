@@ -57,7 +57,14 @@ def prepare_shard(shard: Shard, settings: ComposeSettings, out: str) -> Prepared
     try:
         result = PreparedShard(shard.index, [])
         for src in shard.sets:
-            result.sets.append(compose_set(src, settings, store, cache=cache, stat_rows=result.stat_rows))
+            try:
+                prepared = compose_set(src, settings, store, cache=cache, stat_rows=result.stat_rows)
+            except (OSError, MemoryError):
+                raise  # the disk, the share or the machine: the run's failure (retried when transient)
+            except Exception as exc:  # noqa: BLE001 - one set's surprise must not take its shard-mates down
+                prepared = PreparedSet(src.set_id, list(src.files), rejection=(
+                    f"internal error while preparing this set ({type(exc).__name__}: {exc}); please report it"))
+            result.sets.append(prepared)
     finally:
         cache.close()
     if any(p.decoded for p in result.sets):
