@@ -94,8 +94,8 @@ class TrainConfig(BaseModel):
     @field_validator("resolutions")
     @classmethod
     def _resolutions_positive(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or any(r < 64 for r in v)):
-            raise ValueError("resolutions must be a non-empty list of sides of at least 64 pixels")
+        if v is not None and (not v or any(r < 16 for r in v)):
+            raise ValueError("resolutions must be a non-empty list of sides of at least 16 pixels")
         return v
 
     def target_regex(self) -> str:

@@ -135,6 +135,12 @@ class LoraTrainer:
         self.log = log or (lambda msg: None)
         # everything that can fail on the inputs happens before a model loads
         self.data: TrainData = load_train_data(dataset, cfg)
+        from accelerate import PartialState
+
+        # this process of an accelerate/torchrun launch (or the only one): its rank and device
+        self.state = PartialState()
+        self.device = self.state.device
+        self._check_hardware()
         self.base = resolve_base(cfg.base)
         self.transformer_config = self._transformer_config()
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -143,16 +149,11 @@ class LoraTrainer:
         self.resume_from: Path | None = self._find_resume(resume)
         self.resume_state = _check_resume(self.resume_from, cfg) if self.resume_from else None
         import torch
-        from accelerate import PartialState
 
-        # this process of an accelerate/torchrun launch (or the only one): its rank and device
-        self.state = PartialState()
-        self.device = self.state.device
         self.compute_dtype = {"bf16": torch.bfloat16, "no": torch.float32}[
             cfg.mixed_precision]
         # frozen weights in the compute dtype on an accelerator; on CPU fp32 weights under bf16 autocast
         self.weight_dtype = self.compute_dtype if self.device.type != "cpu" else torch.float32
-        self._check_hardware()
         self.cache = EncodedCache(cache_dir("train-cache"), base_fingerprint(self.base), cfg.max_sequence_length)
         self.latents: dict[TrainItem, Latent] = {}
         self.texts: dict[str, TextEmbedding] = {}
@@ -293,12 +294,14 @@ class LoraTrainer:
         if self.cfg.quantize == "fp8":
             # fp8 storage of the frozen base, upcast layer by layer for compute (diffusers hooks);
             # cast before moving, so the full-precision base never sits on the GPU
-            # diffusers skips every "norm" layer by default, which leaves the AdaLN modulation
-            # linears (3.2B of FLUX.1-dev's 11.9B weights) in bf16; store those in fp8 too
-            transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
-                                                 compute_dtype=self.compute_dtype if self.compute_dtype
-                                                 != torch.float32 else torch.bfloat16,
-                                                 skip_modules_pattern=FP8_KEEP_MODULES)
+            # diffusers' enable_layerwise_casting always skips every "norm" layer, which leaves the AdaLN
+            # modulation linears (3.2B of FLUX.1-dev's 11.9B weights) in bf16; its hook applied
+            # directly stores those in fp8 too
+            from diffusers.hooks import apply_layerwise_casting
+
+            apply_layerwise_casting(transformer, storage_dtype=torch.float8_e4m3fn,
+                                    compute_dtype=self.compute_dtype if self.compute_dtype != torch.float32
+                                    else torch.bfloat16, skip_modules_pattern=FP8_KEEP_MODULES)
         if self.cfg.quantize != "nf4":  # bitsandbytes places its weights itself
             transformer.to(self.device)
         if self.cfg.gradient_checkpointing:
