@@ -75,6 +75,15 @@ def _epoch_batches(buckets: dict[Size, list[TrainItem]], batch_size: int, seed: 
     return batches
 
 
+def process_state() -> Any:
+    """accelerate's view of this process: rank, process count, device. Without a GPU it runs on the
+    CPU, and several processes of a launch then join one gloo group (accelerate needs ``cpu=True``)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+
+
 def randn_on(shape: Any, generator: Any, device: Any) -> Any:
     """Normal noise drawn with a CPU ``generator`` and placed on ``device`` (the same on every device)."""
     import torch
@@ -135,10 +144,8 @@ class LoraTrainer:
         self.log = log or (lambda msg: None)
         # everything that can fail on the inputs happens before a model loads
         self.data: TrainData = load_train_data(dataset, cfg)
-        from accelerate import PartialState
-
         # this process of an accelerate/torchrun launch (or the only one): its rank and device
-        self.state = PartialState()
+        self.state = process_state()
         self.device = self.state.device
         self._check_hardware()
         self.base = resolve_base(cfg.base)
@@ -417,7 +424,7 @@ class LoraTrainer:
         if main:
             atomic_write_json(self.lora_dir / TRAINING_CONFIG, self._run_config())
         # DDP over the processes of a launch (one process: the model as it is); autocast is ours
-        accelerator = Accelerator(mixed_precision="no")
+        accelerator = Accelerator(mixed_precision="no", cpu=self.device.type == "cpu")
         model, optimizer = accelerator.prepare(transformer, optimizer)
 
         buckets = self.data.buckets()
@@ -702,10 +709,8 @@ def train_lora(dataset: str, lora_dir: Path, cfg: TrainConfig, resume: bool | Pa
     """Train an IC-LoRA on ``dataset`` (local path or hub id) into ``lora_dir``.
 
     Holds the folder's lock for the whole run: a second run on it is refused, never interleaved."""
-    from accelerate import PartialState
-
     with ExitStack() as stack:
-        if PartialState().is_main_process:  # one writer per folder: the main process of a launch
+        if process_state().is_main_process:  # one writer per folder: the main process of a launch
             try:
                 stack.enter_context(RunStore(Path(lora_dir)).lock())
             except OutputLockedError as exc:
