@@ -88,7 +88,7 @@ def test_transformer_gets_the_timestep_ids_and_guidance_that_flux_pipeline_gives
     assert ours["hidden_states"].shape == piped["hidden_states"].shape
 
 
-def test_latents_are_the_vae_posterior_with_the_configs_shift_and_scale(prepared):
+def test_latents_are_the_vae_posterior_with_the_configs_shift_and_scale(prepared, dataset, tmp_path):
     """Catches a wrong or missing VAE shift/scale: the cached latent must be what diffusers' own image
     processor and VAE give, shifted and scaled by the VAE config (FluxPipeline decodes with its inverse)."""
     from diffusers import AutoencoderKL
@@ -100,8 +100,10 @@ def test_latents_are_the_vae_posterior_with_the_configs_shift_and_scale(prepared
     with torch.no_grad():
         dist = vae.encode(pixels).latent_dist
     expected = (dist.mean[0] - vae.config.shift_factor) * vae.config.scaling_factor
-    latent = prepared._latent(item)
-    assert latent.mean.device.type == "cpu"  # what is cached lives on the CPU
+    assert prepared._latent(item).mean.device.type == "cpu"  # what is cached lives on the CPU
+    # encoded now, not read from the disk cache of an earlier run
+    fresh = LoraTrainer(dataset, tmp_path / "lora", tiny_cfg(cache_latents=False), progress=False)
+    latent = fresh._latent(item)
     torch.testing.assert_close(latent.mean.float(), expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(latent.std.float(), dist.std[0] * vae.config.scaling_factor, rtol=1e-4, atol=1e-6)
 
