@@ -29,7 +29,7 @@ from iclora_train.trainer import LORA_WEIGHTS, TRAINING_CONFIG
 MAX_REFERENCE_PIXELS = 100_000_000  # same limit as ingest: checked from the header before decoding
 TEXT_GUIDANCE = 3.5  # FLUX.1-dev's distilled guidance
 FILL_GUIDANCE = 30.0  # FLUX.1-Fill-dev's model card samples at 30
-OFFLOADS = ("none", "model", "sequential")
+OFFLOADS = ("auto", "none", "model", "sequential")
 
 
 @dataclass
@@ -144,6 +144,19 @@ def lora_base(lora_dir: Path) -> tuple[str, int]:
     return str(run["base"]), int(run.get("config", {}).get("max_sequence_length", 512))
 
 
+def _auto_offload(pipe: Any, device: Any) -> str:
+    """``model`` offload when the whole pipeline would not fit the GPU with room for activations
+    (FLUX.1-dev in bf16 is about 32 GiB: a 24 GB card needs it), else ``none``."""
+    import torch
+
+    if device.type != "cuda":
+        return "none"
+    weights = sum(p.numel() * p.element_size() for m in pipe.components.values()
+                  if isinstance(m, torch.nn.Module) for p in m.parameters())
+    free, _ = torch.cuda.mem_get_info(device)
+    return "none" if weights + 4 * 1024**3 < free else "model"
+
+
 def reference_canvas(layout: Layout, placed: dict[int, Image.Image]) -> tuple[Image.Image, Image.Image]:
     """The inpainting input: reference panels in their slots, and the mask (diffusers: white is
     generated, black is kept), black exactly over the reference panels."""
@@ -163,7 +176,7 @@ class Sampler:
     """A FLUX pipeline with the LoRA loaded, text-to-image or inpainting."""
 
     def __init__(self, lora_dir: Path, base: str | None = None, references: bool = False,
-                 max_sequence_length: int | None = None, offload: str = "none", quantize: str = "none"):
+                 max_sequence_length: int | None = None, offload: str = "auto", quantize: str = "none"):
         import torch
         from diffusers import FluxFillPipeline, FluxInpaintPipeline, FluxPipeline, FluxTransformer2DModel
 
@@ -184,7 +197,7 @@ class Sampler:
         self.dtype = torch.bfloat16 if self.device.type != "cpu" else torch.float32
         if offload not in OFFLOADS:
             raise SampleError(f"--offload must be one of {', '.join(OFFLOADS)}, got {offload}")
-        if offload != "none" and self.device.type == "cpu":
+        if offload not in ("none", "auto") and self.device.type == "cpu":
             raise SampleError(f"--offload {offload} moves models between the CPU and a GPU; this machine has "
                               "no GPU (on the CPU the pipeline already lives in RAM): use --offload none")
         if quantize not in ("none", "fp8"):
@@ -205,6 +218,9 @@ class Sampler:
         if quantize == "fp8":  # the transformer's frozen weights in fp8, upcast layer by layer (LoRA kept)
             self.pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
                                                            compute_dtype=torch.bfloat16)
+        if offload == "auto":
+            offload = _auto_offload(self.pipe, self.device)
+        self.offload = offload
         if offload == "model":  # one model on the GPU at a time (text encoders, transformer, VAE)
             self.pipe.enable_model_cpu_offload(device=self.device)
         elif offload == "sequential":  # layer by layer: least memory, several times slower
@@ -242,7 +258,7 @@ class Sampler:
 def sample_sets(lora_dir: Path, prompts: list[str], preset: str | None, out: Path, *, seed: int = 0,
                 steps: int = 20, guidance: float | None = None, scale: float | None = None,
                 references: list[str] | None = None, strength: float = 1.0, base: str | None = None,
-                offload: str = "none", quantize: str = "none") -> list[SampleOutput]:
+                offload: str = "auto", quantize: str = "none") -> list[SampleOutput]:
     """Generate one set per prompt into ``out/sample-NNN/`` (composite, panels, settings.json).
 
     ``preset`` None: the grid and size the LoRA trained at. ``guidance`` None: 3.5, or 30 on a
@@ -277,7 +293,8 @@ def sample_sets(lora_dir: Path, prompts: list[str], preset: str | None, out: Pat
             panels.append(path)
         settings = {
             "version": 1, "prompt": prompt.strip(), "seed": seed + i, "steps": steps, "guidance": guidance,
-            "preset": preset, "scale": scale, "offload": offload, "quantize": quantize, "width": layout.width, "height": layout.height,
+            "preset": preset, "scale": scale, "offload": sampler.offload, "quantize": quantize, "width": layout.width,
+            "height": layout.height,
             "grid": layout.grid, "panel_tags": list(layout.panel_tags),
             "panel_boxes": [list(b) for b in layout.panel_boxes()],
             "lora": str(Path(lora_dir).resolve()), "base": sampler.base_name, "mode": sampler.mode,

@@ -86,9 +86,11 @@ def build_tiny_flux_pipeline(seed: int = 0) -> Any:
             scaling_factor=0.3611, shift_factor=0.1159)
         # like a trained VAE (and unlike random weights): a near-deterministic posterior (std
         # about 0.007) and latents of about unit spread, so a LoRA can learn one composite
+        model: Any = vae  # (diffusers' stubs hide nn.Module's attributes)
+        conv_out = model.encoder.conv_out
         with torch.no_grad():
-            vae.encoder.conv_out.weight[:16] *= 4.0
-            vae.encoder.conv_out.bias[16:] = -10.0
+            conv_out.weight[:16] *= 4.0
+            conv_out.bias[16:] = -10.0
         transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
             num_attention_heads=8, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,

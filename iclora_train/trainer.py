@@ -627,7 +627,9 @@ def write_model_card(lora_dir: Path, step: int, samples: list[Path]) -> Path:
     rows = "\n".join(f"| {k} | {v} |" for k, v in [
         ("base model", cfg.base), ("dataset", run["dataset"]), ("training rows", run["train_rows"]),
         ("buckets", ", ".join(run["buckets"])), ("steps", step),
-        ("rank / alpha", f"{cfg.rank} / {cfg.alpha}"), ("batch size", cfg.batch_size),
+        ("rank / alpha", f"{cfg.rank} / {cfg.alpha}"),
+        ("batch size", f"{cfg.batch_size} x {cfg.gradient_accumulation} accumulated"),
+        ("optimizer", cfg.optimizer), ("LR schedule", f"{cfg.lr_scheduler}, {cfg.lr_warmup_steps} warmup steps"),
         ("learning rate", f"{cfg.learning_rate:g}"), ("caption dropout", cfg.caption_dropout),
         ("timestep sampling", cfg.timestep_sampling), ("mixed precision", cfg.mixed_precision),
         ("quantized base", cfg.quantize), ("EMA", cfg.ema), ("seed", cfg.seed)])
@@ -662,8 +664,9 @@ pipe.load_lora_weights("path/to/this/folder")  # reads {LORA_WEIGHTS}
 image = pipe("<joint caption>", num_inference_steps=20, guidance_scale=3.5).images[0]
 ```
 
-or `iclora sample THIS_FOLDER --preset NAME --prompt TEXT --out DIR`, which also cuts the
-composite into panels and fills panels around reference images (`--reference 1=photo.jpg`).
+or `iclora sample THIS_FOLDER --prompt TEXT --out DIR`, which draws the grid and size it trained at,
+cuts the composite into panels and fills panels around reference images (`--reference 1=photo.jpg`).
+ComfyUI and kohya-style loaders read the `<module>.alpha` tensors in the file (strength alpha / rank).
 """
     atomic_write_text(lora_dir / "README.md", text)
     return lora_dir / "README.md"

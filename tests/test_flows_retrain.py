@@ -9,16 +9,18 @@ import pytest
 from PIL import Image
 
 from tests._flows_helpers import many_sets
+from tests._train_helpers import single_thread  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_harness", "single_thread")
 
 PRESET = "couple-profile"  # 2048x1024, two panels side by side
 SCALE = 0.0625  # 128x64 composites for training and sampling
-# The default settings, shrunk to a CPU: two steps on the tiny base at 1/16 size. Checkpoints and
-# validation samples stay on (every 2 steps here, as every 250 of a default run): the model card and
-# the next retrain must cope with a LoRA folder that holds checkpoints.
+# The default settings, shrunk to a CPU: two steps on the tiny base at 1/16 size, two denoising
+# steps per validation sample. Checkpoints and validation samples stay on (every 2 steps here, as
+# every 250 of a default run): the model card and the next retrain must cope with a LoRA folder
+# that holds checkpoints. Mixed precision, checkpointing, EMA, optimizer: the defaults.
 TRAIN = {"base": "tiny-random", "steps": 2, "batch_size": 2, "scale": SCALE, "checkpoint_every": 2,
-         "validation_every": 2}
+         "validation_every": 2, "validation_steps": 2}
 BUILD = {"compose": {"preset": PRESET}, "caption": {"model": "tiny-random"}}
 
 

@@ -15,7 +15,6 @@ from iclora_train.errors import BaseModelError, ResumeError, TrainDatasetError
 from iclora_train.tiny_flux import tiny_flux_path
 from iclora_train.trainer import LoraTrainer, checkpoint_dirs, train_lora
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -338,8 +337,8 @@ def test_gradient_accumulation_and_batch_split_give_the_same_run(dataset, tmp_pa
     weights = [load_file(str(r.weights)) for r in runs]
     for run, w in zip(runs[1:], weights[1:], strict=True):
         assert run.losses == pytest.approx(runs[0].losses, rel=1e-4)
-        for key in weights[0]:
-            torch.testing.assert_close(w[key], weights[0][key], rtol=1e-3, atol=1e-4)  # Adam magnifies float-order noise
+        for key in weights[0]:  # Adam magnifies float-order noise in near-zero gradients
+            torch.testing.assert_close(w[key], weights[0][key], rtol=1e-3, atol=1e-4)
 
 
 def test_learning_rate_warmup_and_schedule_follow_diffusers(dataset, tmp_path):

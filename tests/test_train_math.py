@@ -46,7 +46,7 @@ def test_noisy_latents_and_velocity_target_follow_the_flow_match_scheduler(prepa
     _, _, h, w = x0.shape
     noisy = FluxPipeline._unpack_latents(batch["inputs"]["hidden_states"].float(), h * 8, w * 8, 8)
     target = FluxPipeline._unpack_latents(batch["target"].float(), h * 8, w * 8, 8)
-    assert 0 < float(sigmas.min()) and float(sigmas.max()) < 1
+    assert float(sigmas.min()) > 0 and float(sigmas.max()) < 1
     for i, sigma in enumerate(sigmas.tolist()):
         scheduler = FlowMatchEulerDiscreteScheduler()  # shift 1: the given sigma is used as it is
         scheduler.set_timesteps(sigmas=[sigma])
@@ -154,7 +154,6 @@ def test_a_lora_overfit_on_one_composite_is_reproduced_by_diffusers_flux_pipelin
     base) generates latents near that composite's, which the test encodes itself with diffusers' VAE."""
     from diffusers import AutoencoderKL, FluxPipeline
     from diffusers.image_processor import VaeImageProcessor
-
     from PIL import Image
 
     image = composite(5, panel=32)
