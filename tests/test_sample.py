@@ -197,6 +197,19 @@ def test_reference_panels_are_kept_in_the_inpainting_mask_before_any_paste_back(
             assert float(region.min()) == 1.0, number
 
 
+def test_fp8_sampling_stores_the_transformer_in_fp8_and_keeps_the_lora(lora_dir, tmp_path):
+    import torch
+
+    from iclora_train.sample import Sampler
+
+    sampler = Sampler(lora_dir, quantize="fp8")
+    dtypes = {n: p.dtype for n, p in sampler.pipe.transformer.named_parameters()}
+    assert dtypes["transformer_blocks.0.attn.to_q.base_layer.weight"] == torch.float8_e4m3fn
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    image = sampler.generate("x", sample_layout("film-storyboard", SCALE), seed=0, steps=2, guidance=3.5)
+    assert image.size == (64, 96) and np.asarray(image).std() > 0
+
+
 def test_offload_needs_a_gpu(lora_dir, tmp_path):
     import torch
 
