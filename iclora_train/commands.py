@@ -38,7 +38,8 @@ def train(
     scale: Annotated[float | None, typer.Option(
         help="Train at this fraction of the composite size (same grid). (default 1)")] = None,
     quantize: Annotated[str | None, typer.Option(
-        help="Frozen base storage: none, fp8 (diffusers layerwise casting) or nf4 (bitsandbytes, CUDA).")]
+        help="Frozen base storage: none, fp8 (diffusers layerwise casting), int8 (torchao) or nf4 "
+             "(bitsandbytes, CUDA).")]
     = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: off).")] = None,
     validation_every: Annotated[int | None, typer.Option(

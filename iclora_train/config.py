@@ -61,8 +61,9 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["bf16", "no"] = "bf16"  # no fp16: FLUX activations overflow it
     gradient_checkpointing: bool = True
     # storage of the frozen base (the LoRA trains in fp32): fp8 weights upcast layer by layer
-    # (diffusers layerwise casting, AdaLN layers included), or nf4 (bitsandbytes, CUDA)
-    quantize: Literal["none", "fp8", "nf4"] = "none"
+    # (diffusers layerwise casting, AdaLN layers included), int8 weight-only with per-channel
+    # scales (torchao, every linear), or nf4 (bitsandbytes, CUDA)
+    quantize: Literal["none", "fp8", "int8", "nf4"] = "none"
     cache_latents: bool = True  # encode once, then free VAE and text encoders
     # data
     scale: float = Field(1.0, gt=0, le=1)  # train at a fraction of the composite size (same grid)

@@ -161,6 +161,8 @@ class LoraTrainer:
             cfg.mixed_precision]
         # frozen weights in the compute dtype on an accelerator; on CPU fp32 weights under bf16 autocast
         self.weight_dtype = self.compute_dtype if self.device.type != "cpu" else torch.float32
+        if cfg.quantize == "int8":  # torchao's int8 layers keep bf16 scales and take bf16 inputs
+            self.weight_dtype = torch.bfloat16
         self.cache = EncodedCache(cache_dir("train-cache"), base_fingerprint(self.base), cfg.max_sequence_length)
         self.latents: dict[TrainItem, Latent] = {}
         self.texts: dict[str, TextEmbedding] = {}
@@ -192,6 +194,8 @@ class LoraTrainer:
                                  f"CUDA GPU (this run is on {self.device.type}); set optimizer: adamw")
         if self.cfg.quantize == "nf4":
             _nf4_config(self.device)
+        if self.cfg.quantize == "int8":
+            _int8_config()
 
     @property
     def global_batch(self) -> int:
@@ -296,6 +300,8 @@ class LoraTrainer:
         kwargs: dict[str, Any] = {"dtype": self.weight_dtype}
         if self.cfg.quantize == "nf4":
             kwargs["quantization_config"] = _nf4_config(self.device)
+        if self.cfg.quantize == "int8":  # torchao int8 weight-only (per-channel scales), every linear
+            kwargs["quantization_config"] = _int8_config()
         transformer = FluxTransformer2DModel.from_pretrained(self.base, subfolder="transformer", **kwargs)
         transformer.requires_grad_(False)
         if self.cfg.quantize == "fp8":
@@ -685,6 +691,17 @@ def _has_bitsandbytes() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _int8_config() -> Any:
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        raise BaseModelError("quantize int8 needs torchao (pip install torchao); use --quantize fp8 or none")
+    from diffusers import TorchAoConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return TorchAoConfig(Int8WeightOnlyConfig())
 
 
 def _nf4_config(device: Any) -> Any:

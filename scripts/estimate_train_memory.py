@@ -5,8 +5,8 @@
 How (the README's memory table comes from this script):
 - Weights: parameter counts of FLUX.1-dev's published configs (transformer, T5-XXL encoder,
   CLIP-L, VAE), built on the ``meta`` device (no weights), times bytes per weight: bf16 2, fp8 1
-  (embedders and output head kept in bf16), nf4 0.5 + 1 fp32 absmax per 64 weights (linear
-  layers; norms and biases stay bf16).
+  (embedders and output head kept in bf16), int8 1 (per-channel scales are negligible), nf4
+  0.5 + 1 fp32 absmax per 64 weights (linear layers; norms and biases stay bf16).
 - LoRA: rank 16 on every block linear; fp32 weights 4 + gradients 4 + AdamW moments 8 bytes
   per parameter (8-bit AdamW: 2), + 4 for an EMA copy.
 - Activations: the bytes autograd saves for backward, *measured* on the CPU with bf16 tensors
@@ -149,7 +149,7 @@ def estimate(width: int, height: int) -> dict[str, Any]:
     inputs = (FLUX_DEV["num_layers"] + FLUX_DEV["num_single_layers"]) * tokens * dim * 2  # bf16 block inputs
     checkpointed = inputs + max(block_full.values())
     n, linear, kept = counts["total"], counts["linear"], counts["kept"]
-    weights = {"bf16": 2 * n, "fp8": (n - kept) + 2 * kept,
+    weights = {"bf16": 2 * n, "fp8": (n - kept) + 2 * kept, "int8": linear + 2 * (n - linear),
                "nf4": linear * (0.5 + 4 / 64) + 2 * (n - linear)}
     lora = counts["lora"]
     return {"counts": counts, "encoders": enc, "activations": acts, "tokens": tokens, "weights": weights,
@@ -175,7 +175,7 @@ def main() -> None:
           f"{e['act_ckpt_per_sample'] / GIB:.2f} GiB with")
     print("\n| base | batch | checkpointing | optimizer | EMA | weights | LoRA+optimizer | activations | peak (est.) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for base in ("bf16", "fp8", "nf4"):
+    for base in ("bf16", "fp8", "int8", "nf4"):
         for batch in (1, 4):
             for ckpt in (True, False):
                 for opt in ("adamw8bit", "adamw"):

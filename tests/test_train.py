@@ -236,6 +236,18 @@ def test_fp8_base_trains_a_full_precision_lora(dataset, tmp_path):
     assert all(np.isfinite(result.losses)) and result.weights.is_file()
 
 
+def test_int8_base_trains_a_full_precision_lora(dataset, tmp_path):
+    pytest.importorskip("torchao")
+    trainer = LoraTrainer(dataset, tmp_path / "lora", tiny_cfg(steps=2, quantize="int8", mixed_precision="bf16"),
+                          progress=False)
+    result = trainer.run()
+    blocks = trainer.transformer.transformer_blocks[0]
+    for layer in (blocks.norm1.linear, blocks.attn.to_q, blocks.ff.net[2]):  # AdaLN included
+        assert "Int8" in type(layer.get_base_layer().weight).__name__
+    lora = {p.dtype for n, p in trainer.transformer.named_parameters() if "lora_" in n}
+    assert lora == {torch.float32} and all(np.isfinite(result.losses)) and result.weights.is_file()
+
+
 def test_nf4_and_8bit_adam_without_cuda_are_refused_not_swapped(dataset, tmp_path, no_model_loads):
     if torch.cuda.is_available():
         pytest.skip("the refusal is for machines without CUDA")
