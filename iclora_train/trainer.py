@@ -222,9 +222,9 @@ class LoraTrainer:
     def validation_prompts(self) -> list[tuple[str, Size]]:
         if not self.cfg.validation_every:
             return []
-        first_bucket = next(iter(self.data.buckets()))
+        largest = max(self.data.buckets(), key=lambda size: size[0] * size[1])
         if self.cfg.validation_prompts:
-            return [(p, first_bucket) for p in self.cfg.validation_prompts]
+            return [(p, largest) for p in self.cfg.validation_prompts]
         return [(it.caption, it.bucket) for it in self.data.holdout]
 
     # ---- encoding -------------------------------------------------------------------------
@@ -429,8 +429,9 @@ class LoraTrainer:
             self.log(f"resumed from {self.resume_from} at step {start}")
         if main:
             atomic_write_json(self.lora_dir / TRAINING_CONFIG, self._run_config())
-        # DDP over the processes of a launch (one process: the model as it is); autocast is ours
-        accelerator = Accelerator(mixed_precision="no", cpu=self.device.type == "cpu")
+        # DDP over the processes of a launch (one process: the model as it is); autocast and device
+        # placement are ours (a bitsandbytes model must not be moved again)
+        accelerator = Accelerator(mixed_precision="no", cpu=self.device.type == "cpu", device_placement=False)
         model, optimizer = accelerator.prepare(transformer, optimizer)
 
         buckets = self.data.buckets()
