@@ -95,7 +95,7 @@ def sample(
     base: Annotated[str | None, typer.Option(
         help="Base to load instead of the LoRA's training base (e.g. a FLUX Fill model).")] = None,
     offload: Annotated[str, typer.Option(
-        help="auto (model when the pipeline does not fit the GPU), none, model (one model on the GPU at a time) "
+        help="auto (the least offloading that fits the GPU), none, model (one model on the GPU at a time) "
              "or sequential (layer by layer, least memory).")] = "auto",
     quantize: Annotated[str, typer.Option(help="none or fp8 (the transformer's weights stored in fp8).")] = "none",
 ) -> None:
