@@ -210,7 +210,8 @@ def retrain(
     train_config: Annotated[Path | None, typer.Option(help="YAML file of training settings.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps. (default 5000)")] = None,
     scale: Annotated[float | None, typer.Option(help="Train at this fraction of the composite size.")] = None,
-    sample_preset: Annotated[str | None, typer.Option(help="Preset of the validation sets (default: --preset).")]
+    sample_preset: Annotated[str | None, typer.Option(help="Preset of the validation sets (default: --preset, else "
+                                                         "the grid the LoRA trained at).")]
     = None,
     samples: Annotated[int, typer.Option(help="Validation sets to sample after training (0: none).")] = 2,
     sample_steps: Annotated[int, typer.Option(help="Denoising steps of each validation set.")] = 20,
