@@ -94,6 +94,12 @@ def test_grammar_rejects_what_is_not_a_caption(text: str, why: str) -> None:
     assert not _grammar_accepts(caption_grammar(2), text), why
 
 
+def test_grammar_bounds_each_text_by_max_chars() -> None:
+    grammar = caption_grammar(1, max_chars=5)
+    assert _grammar_accepts(grammar, json.dumps({"summary": 'ab\"de', "panels": ["12345"]}))
+    assert not _grammar_accepts(grammar, json.dumps({"summary": "abcdef", "panels": ["x"]}))
+
+
 def test_minlength_schema_is_what_forbade_escapes() -> None:
     """The bug this grammar replaces: xgrammar's own compilation of ``minLength`` forbids quotes."""
     import xgrammar as xgr

@@ -182,7 +182,7 @@ def build_request(composite: CompositeRecord, composites_dir: Path, settings: Ca
     plain = _plain_ascii(settings)
     schema = caption_schema(len(panels), settings.max_chars, plain_ascii=plain)
     return CaptionRequest(composite.set_id, panels, instruction, schema,
-                          grammar=None if plain else caption_grammar(len(panels)))
+                          grammar=None if plain else caption_grammar(len(panels), settings.max_chars))
 
 
 def human_record(composite: CompositeRecord, key: str, edit: EditedCaption) -> CaptionRecord:
@@ -327,6 +327,11 @@ def _caption_unit(unit: list[_Job], composites_dir: Path, settings: CaptionSetti
                 if isinstance(answer, Exception):
                     raise CaptionValidationError(str(answer))
                 caption = parse_caption(answer, len(comp.panel_boxes), comp)
+                if settings.max_chars is not None:
+                    over = [t for t in (caption.summary, *caption.panels) if len(t) > settings.max_chars]
+                    if over:
+                        raise CaptionValidationError(f"a text is {len(over[0])} characters, over max_chars="
+                                                     f"{settings.max_chars}")
                 rendered = check_caption(caption, comp, count_tokens=count_tokens, max_tokens=settings.max_tokens,
                                          checks=settings.checks or "all", language=settings.language)
             except CaptionValidationError as exc:

@@ -64,21 +64,22 @@ def caption_schema(n: int, max_chars: int | None = None, *, plain_ascii: bool = 
 # A JSON string that is not empty and does not start with a space: any Unicode character except the
 # ones JSON forbids raw (quote, backslash, controls), and every JSON escape.
 _GRAMMAR_RULES = r"""
-text ::= "\"" first rest* "\""
 first ::= [^"\\\x00-\x20] | escape
 rest ::= [^"\\\x00-\x1f] | escape
 escape ::= "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])
 """
 
 
-def caption_grammar(n: int) -> str:
+def caption_grammar(n: int, max_chars: int | None = None) -> str:
     """EBNF (xgrammar's dialect) of a caption of exactly ``n`` non-empty panel texts, key order fixed
-    (the summary first), compact separators; texts may hold JSON escapes and any Unicode."""
+    (the summary first), compact separators; texts may hold JSON escapes and any Unicode. ``max_chars``
+    bounds each text (an escape counts as one character)."""
     if n < 1:
         raise ValueError(f"a caption needs at least one panel, got {n}")
     panels = ' ", " '.join(["text"] * n)
     root = f'root ::= "{{\\"summary\\": " text ", \\"panels\\": [" {panels} "]}}"'
-    return root + _GRAMMAR_RULES
+    repeat = "*" if max_chars is None else f"{{0,{max(0, max_chars - 1)}}}"
+    return f'{root}\ntext ::= "\\"" first rest{repeat} "\\""' + _GRAMMAR_RULES
 
 
 def max_answer_tokens(n: int, max_chars: int) -> int:
