@@ -34,6 +34,10 @@ _REFUSAL = re.compile(
 _MARKDOWN = re.compile(r"(\*\*|__|```|`[^`]+`|^#{1,6}\s|^\s*[-*+]\s|^\s*\d+\.\s|\[[^\]]+\]\([^)]+\))", re.M)
 _NAME = re.compile(r"<\s*([^<>]{1,40}?)\s*>")
 _WORD = re.compile(r"[\w'-]+", re.UNICODE)
+_FUNCTION_WORDS_TEXT = """a an the of in on at to with and or but as by for from into over under
+while where when is are was were be its his her their this that these those it he she they while than
+through against beside behind above below between"""
+_ENGLISH_FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split())
 
 
 def _words(text: str) -> list[str]:
@@ -94,6 +98,13 @@ def check_language(caption: StructuredCaption, language: str) -> None:
     if share < 0.9:  # Latin-script languages; quoted foreign words (a shop sign) stay well under 10 %
         raise CaptionValidationError(f"caption is not in the requested language {language!r} "
                                      f"(only {share:.0%} of its letters are Latin)")
+    words = _words(text)
+    if language == "en" and len(words) >= 20:
+        # English prose is a third function words; German, French or Spanish prose has almost none of these
+        english = sum(w in _ENGLISH_FUNCTION_WORDS for w in words) / len(words)
+        if english < 0.1:
+            raise CaptionValidationError(f"caption does not read as English (only {english:.0%} of its words "
+                                         "are English function words)")
 
 
 def check_names(caption: StructuredCaption, names_characters: bool) -> None:

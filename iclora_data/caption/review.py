@@ -153,6 +153,18 @@ class DryRun:
         return "\n".join(lines)
 
 
+def _resize_factor(settings: CaptionSettings) -> int:
+    """Qwen-VL's image side multiple: patch size x merge size from the processor config (28 for Qwen2/2.5-VL)."""
+    from iclora_data.caption.transformers_backend import resolve_model
+
+    try:
+        source, local = resolve_model(settings)
+        config = json.loads((Path(source) / "preprocessor_config.json").read_text()) if local else {}
+    except (IcloraError, OSError, ValueError):
+        config = {}
+    return int(config.get("patch_size", 14)) * int(config.get("merge_size", 2))
+
+
 def dry_run(out: Path, settings: CaptionSettings, set_id: str | None = None) -> DryRun:
     """What ``set_id`` (default: the first kept set) would be sent with under ``settings``."""
     from iclora_data.caption.prompts import SYSTEM_PROMPT
@@ -180,7 +192,8 @@ def dry_run(out: Path, settings: CaptionSettings, set_id: str | None = None) -> 
             _process_vision_info()  # imports qwen-vl-utils where torchvision is missing (see that module)
             from qwen_vl_utils import smart_resize  # the sizes Qwen-VL sees
 
-            h, w = smart_resize(im.height, im.width, min_pixels=min_px, max_pixels=max_px)
+            h, w = smart_resize(im.height, im.width, factor=_resize_factor(settings), min_pixels=min_px,
+                                max_pixels=max_px)
             sent = (w, h)
         sizes.append((im.size, sent))
     fmt = None

@@ -200,12 +200,12 @@ def clean_text(text: str) -> str:
     return " ".join(_CONTROL.sub(" ", text).split())
 
 
+# first words that read wrong capitalised mid-sentence ("showcases A cat", "[LEFT] The photograph")
 _WORDS_LOWERED_MID_SENTENCE = """a an the this that these those its his her their our my your one two three four five
 six several each both some another every here then now while as where when after before finally next moving
 ending continuing transitioning culminating features shows displays presents captures depicts has introduces
 includes lays charts closes reveals offers adds applies keeps wraps turns she he they it we in on at with
 beneath under inside outside"""
-# first words that read wrong capitalised mid-sentence ("showcases A cat", "[LEFT] The photograph")
 _LOWER_FIRST = frozenset(_WORDS_LOWERED_MID_SENTENCE.split())
 
 # finite verbs that make a summary a sentence of its own (then it is not spliced after an opener)
