@@ -162,4 +162,4 @@ def test_a_failed_new_caption_keeps_the_previous_one(out: Path) -> None:
         old = previous[rec.set_id]
         assert rec.status == "ok" and rec.caption == old.caption and rec.captioner == old.captioner
         assert rec.error is not None and rec.error.startswith("kept the previous caption: the new one failed: "
-                                                              "caption failed after 2 attempts")
+                                                              "caption failed after 1 attempt")

@@ -313,7 +313,6 @@ def test_wrong_count_is_retried_then_accepted(tmp_path: Path) -> None:
     (json.dumps({"summary": "s", "panels": ["a", "b"]}), "model returned 2 panel descriptions, expected 3"),
     (json.dumps({"summary": "", "panels": ["a", "b", "c"]}), "model returned an empty summary"),
     (json.dumps({"summary": "w " * 600, "panels": ["a", "b", "c"]}), "over the trainer's 512"),
-    (RuntimeError("server answered HTTP 500: boom"), "server answered HTTP 500: boom"),
 ])
 def test_persistent_failure_gives_a_failed_record_never_an_empty_caption(
         tmp_path: Path, answer: str | Exception, reason: str) -> None:
@@ -326,6 +325,16 @@ def test_persistent_failure_gives_a_failed_record_never_an_empty_caption(
     assert bad.error is not None and bad.error.startswith("caption failed after 3 attempts: ") and reason in bad.error
     assert [ids for ids, _ in cap.calls] == [["bad", "good"], ["bad"], ["bad"]]
     assert store.get_json("captions", bad.key) is None  # a failure is tried again next run
+
+
+def test_a_request_that_failed_after_the_backends_retries_is_not_asked_again(tmp_path: Path) -> None:
+    comps = [make_composite(tmp_path / "c", "bad", 3), make_composite(tmp_path / "c", "good", 2, seed=1)]
+    cap = ScriptedCaptioner(lambda r, a: RuntimeError("server answered HTTP 503: boom (after 3 tries)")
+                            if r.set_id == "bad" else good_answer(r))
+    bad, good = caption_sets(comps, tmp_path / "c", RunStore(tmp_path), SETTINGS, captioner=cap)
+    assert good.status == "ok" and bad.status == "failed" and bad.attempts == 1
+    assert bad.error == "caption failed after 1 attempt: server answered HTTP 503: boom (after 3 tries)"
+    assert [ids for ids, _ in cap.calls] == [["bad", "good"]]
 
 
 def test_rerun_uses_cache_and_template_change_recaptions(tmp_path: Path) -> None:

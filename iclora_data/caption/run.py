@@ -323,9 +323,16 @@ def _caption_unit(unit: list[_Job], composites_dir: Path, settings: CaptionSetti
         for job, answer in zip(todo, answers, strict=True):
             job.attempts = attempt
             comp = job.composite
+            if isinstance(answer, Exception) and not isinstance(answer, CaptionValidationError):
+                # a request that failed after the backend's own retries (5xx, timeouts) or that the server
+                # refused (400): asking again at once would repeat it; the set fails with the reason
+                job.error = str(answer)
+                finish(job.index, failed(job, f"caption failed after {attempt} "
+                                              f"{'attempt' if attempt == 1 else 'attempts'}: {job.error}"))
+                continue
             try:
                 if isinstance(answer, Exception):
-                    raise CaptionValidationError(str(answer))
+                    raise answer
                 caption = parse_caption(answer, len(comp.panel_boxes), comp)
                 if settings.max_chars is not None:
                     over = [t for t in (caption.summary, *caption.panels) if len(t) > settings.max_chars]
