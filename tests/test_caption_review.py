@@ -163,3 +163,41 @@ def test_a_failed_new_caption_keeps_the_previous_one(out: Path) -> None:
         assert rec.status == "ok" and rec.caption == old.caption and rec.captioner == old.captioner
         assert rec.error is not None and rec.error.startswith("kept the previous caption: the new one failed: "
                                                               "caption failed after 1 attempt")
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_cli_recaption_with_a_dead_server_fails_in_seconds_and_changes_nothing(out: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    before = _snapshot(out)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["caption", str(out), "--backend", "openai", "--model", "served",
+                                      "--base-url", dead])
+    assert time.monotonic() - started < 10
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the caption server at {dead}")
+    assert _snapshot(out) == before
+
+
+def test_outcome_says_loudly_when_most_sets_failed() -> None:
+    from iclora_data.caption import caption_outcome
+
+    def rec(i: int, status: str, source: str = "model", error: str | None = None) -> CaptionRecord:
+        return CaptionRecord(set_id=f"s{i}", key="k", composite_key="c", status=status,  # type: ignore[arg-type]
+                             source=source, error=error)  # type: ignore[arg-type]
+
+    fine = caption_outcome([rec(0, "ok"), rec(1, "ok"), rec(2, "failed", error="bad"), rec(3, "ok", "human")])
+    assert fine["failed"] == 1 and fine["human"] == 1 and fine["model"] == 2 and fine["warning"] is None
+    bad = caption_outcome([rec(0, "ok"), rec(1, "failed", error="refusal"),
+                           rec(2, "ok", error="kept the previous caption: the new one failed: x"),
+                           rec(3, "ok", "human"), rec(4, "ok", "human")])
+    assert bad["mostly_failed"] and bad["kept_previous"] == 1 and bad["failed_share"] == round(2 / 3, 3)
+    assert bad["warning"].startswith("captioning failed for 2 of 3 sets (67%)")

@@ -15,7 +15,9 @@ from iclora_data.caption.prompts import PROMPT_VERSION, PromptTemplateError, loa
 from iclora_data.caption.run import (
     EditedCaption,
     caption_key,
+    caption_outcome,
     caption_sets,
+    captioner_notes,
     check_captioner,
     effective_settings,
     load_captioner,
@@ -32,8 +34,8 @@ from iclora_data.caption.settings import CaptionSettings
 
 __all__ = [
     "PROMPT_VERSION", "CaptionRequest", "CaptionRunError", "CaptionSettings", "CaptionValidationError", "Captioner",
-    "CaptionerError", "EditedCaption", "PromptTemplateError", "caption_grammar", "caption_key", "caption_schema",
-    "caption_sets", "captioner_id",
+    "CaptionerError", "EditedCaption", "PromptTemplateError", "caption_grammar", "caption_key", "caption_outcome",
+    "caption_schema", "caption_sets", "captioner_id", "captioner_notes",
     "check_captioner", "effective_settings", "load_captioner", "load_template", "parse_caption",
     "render_caption", "sidecar_caption",
 ]

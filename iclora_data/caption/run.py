@@ -355,3 +355,34 @@ def _caption_unit(unit: list[_Job], composites_dir: Path, settings: CaptionSetti
     for job in todo:
         word = "attempt" if job.attempts == 1 else "attempts"
         finish(job.index, failed(job, f"caption failed after {job.attempts} {word}: {job.error}"))
+
+
+MOSTLY_FAILED = 0.5  # share of the sets sent to the captioner whose caption failed, above which a run says so
+
+
+def captioner_notes(settings: CaptionSettings) -> list[str]:
+    """What the captioner of ``settings`` had to change during this process (e.g. a response_format
+    fallback); empty when it was never loaded (everything came from the store)."""
+    settings = effective_settings(settings)
+    with _CAPTIONERS_LOCK:
+        captioner = _CAPTIONERS.get((captioner_id(settings), settings.model_dump_json()))
+    return list(getattr(captioner, "notes", []) or [])
+
+
+def caption_outcome(records: Sequence[CaptionRecord], notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The run's caption figures for the report, with a loud ``warning`` when most sets failed: a
+    captioner that fails nearly everything is more likely misconfigured than the data bad."""
+    kept = [r for r in records if r.status == "ok" and (r.error or "").startswith("kept the previous caption")]
+    failed = [r for r in records if r.status == "failed"]
+    by_source = {source: sum(r.status == "ok" and r.source == source and r not in kept for r in records)
+                 for source in ("model", "human", "sidecar")}
+    tried = by_source["model"] + len(failed) + len(kept)
+    share = (len(failed) + len(kept)) / tried if tried else 0.0
+    warning = None
+    if tried and share > MOSTLY_FAILED:
+        first = (failed or kept)[0]
+        warning = (f"captioning failed for {len(failed) + len(kept)} of {tried} sets ({share:.0%}); check the "
+                   f"captioner's settings. First reason ({first.set_id}): {first.error}")
+    return {"sets": len(records), **by_source, "failed": len(failed), "kept_previous": len(kept),
+            "failed_share": round(share, 3), "mostly_failed": warning is not None, "warning": warning,
+            "notes": list(notes)}
