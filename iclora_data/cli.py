@@ -294,14 +294,14 @@ def caption_cmd(
                                    "caption.prompt_file": str(prompt_file) if prompt_file else None,
                                    "caption.api_key_env": api_key_env, "caption.concurrency": concurrency,
                                    "caption.extra_body": extra})
-        from iclora_data.caption import check_captioner
-
-        check_captioner(cfg.caption)
-        if dry_run:
+        if dry_run:  # sends nothing, so it needs no server
             from iclora_data.caption.review import dry_run as show_request
 
             out_console.print(show_request(out, cfg.caption, set_id).text(), markup=False, highlight=False)
             return
+        from iclora_data.caption import check_captioner
+
+        check_captioner(cfg.caption)  # an openai server is probed: a dead URL fails here, in seconds
         _prefect_env(verbose)
         from flows.caption import caption as caption_flow
 

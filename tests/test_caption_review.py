@@ -141,6 +141,9 @@ def test_cli_review_round_trip_and_dry_run(out: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "set film: 3 panels" in result.output and "[SCENE-1], [SCENE-2], [SCENE-3]" in result.output
     assert "--- grammar" not in result.output  # tiny-random decodes under its bounded schema instead
+    result = runner.invoke(app, ["caption", str(out), "--backend", "openai", "--model", "m", "--base-url",
+                                 "http://127.0.0.1:9/v1", "--dry-run"])  # no server needed to show a request
+    assert result.exit_code == 0 and '"type": "json_schema"' in result.output, result.output
 
     result = runner.invoke(app, ["captions", "import", str(out), str(tmp_path / "empty")])
     assert result.exit_code != 0 and "holds no .json caption files" in result.output
