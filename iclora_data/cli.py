@@ -30,6 +30,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def warn(result: dict[str, Any]) -> None:
+    """A build's warnings (e.g. most captions failed), one ``warning:`` line each, on stderr."""
+    for message in result.get("warnings") or []:
+        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _prefect_env(verbose: bool) -> None:
     """Quiet, offline-friendly Prefect defaults, set before Prefect is imported."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
@@ -147,6 +153,7 @@ def build(
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora build -> {out}"))
+    warn(result)
     out_console.print(f"ledger: {out / 'report.json'}")
     if (out / "gallery.html").exists():
         out_console.print(f"gallery: {out / 'gallery.html'}")
@@ -336,6 +343,7 @@ def caption_cmd(
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora caption -> {out}"))
+    warn(result)
 
 
 @app.command()

@@ -25,15 +25,15 @@ from iclora_data.errors import IcloraError
 from iclora_data.records import CompositeRecord, composites_dir, file_stem, load_captions, load_composites
 from iclora_data.store import atomic_write_json
 
-EDITED_DIR = "captions-edited"
-
 
 class CaptionReviewError(IcloraError):
     pass
 
 
 def edited_dir(out: Path) -> Path:
-    return Path(out) / EDITED_DIR
+    from iclora_data.outdir import OutDir
+
+    return OutDir(out).captions_edited
 
 
 def export_captions(out: Path, dest: Path) -> int:

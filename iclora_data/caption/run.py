@@ -39,7 +39,7 @@ from iclora_data.caption.schema import (
 )
 from iclora_data.caption.settings import TINY_RANDOM, CaptionSettings
 from iclora_data.caption.style import clean_text
-from iclora_data.records import CaptionRecord, CompositeRecord, from_dict, to_dict
+from iclora_data.records import KEPT_PREVIOUS_CAPTION, CaptionRecord, CompositeRecord, from_dict, to_dict
 from iclora_data.store import RunStore, content_key
 
 log = logging.getLogger(__name__)
@@ -185,10 +185,21 @@ def build_request(composite: CompositeRecord, composites_dir: Path, settings: Ca
                           grammar=None if plain else caption_grammar(len(panels), settings.max_chars))
 
 
+def keep_previous_caption(new: CaptionRecord, old: CaptionRecord | None,
+                          composite: CompositeRecord) -> CaptionRecord | None:
+    """When ``new`` failed and the set had a good caption of the same composite, that caption, marked
+    as kept (a re-caption never shrinks a dataset because the new captioner failed). None otherwise."""
+    if new.status != "failed" or old is None or old.status != "ok" or not old.caption \
+            or old.composite_key != composite.key:
+        return None
+    log.warning("caption of %s failed (%s); keeping its previous caption", new.set_id, new.error)
+    return CaptionRecord(**{**to_dict(old), "set_id": new.set_id, "error": KEPT_PREVIOUS_CAPTION + str(new.error)})
+
+
 def human_record(composite: CompositeRecord, key: str, edit: EditedCaption) -> CaptionRecord:
     return CaptionRecord(set_id=composite.set_id, key=key, composite_key=composite.key, status="ok",
                          summary=edit.summary, panels=list(edit.panels), caption=edit.caption,
-                         captioner=HUMAN_CAPTIONER, source="human", attempts=0)  # type: ignore[arg-type]
+                         captioner=HUMAN_CAPTIONER, source="human", attempts=0)
 
 
 def caption_sets(composites: Sequence[CompositeRecord], composites_dir: Path, store: RunStore,
@@ -210,11 +221,8 @@ def caption_sets(composites: Sequence[CompositeRecord], composites_dir: Path, st
     def finish(i: int, record: CaptionRecord) -> None:
         if record.status == "ok" and record.source == "model":
             store.put_json(STORE_KIND, record.key, to_dict(record))
-        elif record.status == "failed" and previous and (old := previous.get(record.set_id)) is not None \
-                and old.status == "ok" and old.caption and len(old.panels) == len(composites[i].panel_boxes):
-            log.warning("caption of %s failed (%s); keeping its previous caption", record.set_id, record.error)
-            record = CaptionRecord(**{**to_dict(old), "set_id": record.set_id,
-                                      "error": f"kept the previous caption: the new one failed: {record.error}"})
+        elif previous and (kept := keep_previous_caption(record, previous.get(record.set_id), composites[i])):
+            record = kept
         with lock:
             records[i] = record
             if on_result is not None:
@@ -372,7 +380,7 @@ def captioner_notes(settings: CaptionSettings) -> list[str]:
 def caption_outcome(records: Sequence[CaptionRecord], notes: Sequence[str] = ()) -> dict[str, Any]:
     """The run's caption figures for the report, with a loud ``warning`` when most sets failed: a
     captioner that fails nearly everything is more likely misconfigured than the data bad."""
-    kept = [r for r in records if r.status == "ok" and (r.error or "").startswith("kept the previous caption")]
+    kept = [r for r in records if r.status == "ok" and (r.error or "").startswith(KEPT_PREVIOUS_CAPTION)]
     failed = [r for r in records if r.status == "failed"]
     by_source = {source: sum(r.status == "ok" and r.source == source and r not in kept for r in records)
                  for source in ("model", "human", "sidecar")}
