@@ -156,3 +156,15 @@ def test_edited_captions_win_and_are_marked_human(serve: Serve, out: Path, confi
     assert fake.chat_requests() == 2  # the edited set was not sent to the model
     caption_file = json.loads((out / "captions" / "bravo.json").read_text())
     assert caption_file["source"] == "human"
+
+
+@pytest.mark.slow
+def test_prefect_runner_fails_the_same_way_and_changes_nothing(serve: Serve, out: Path, config: Path) -> None:
+    """Through the Prefect flow: the CaptionRunError raised in a caption task fails the flow with one
+    error line, and the commit never ran."""
+    fake, url = serve(lambda body, count: (401, {"error": {"message": "key revoked"}}))
+    before = _snapshot(out)
+    result = CliRunner().invoke(app, ["caption", str(out), "--backend", "openai", "--model", "served",
+                                      "--base-url", url, "--config", str(config)])
+    assert result.exit_code != 0 and "error: the caption server refused the API key" in result.output, result.output
+    assert _snapshot(out) == before
