@@ -398,7 +398,9 @@ def _commit(ingested: IngestResult, prepared: list[PreparedSet], decisions: Mapp
             "prompt_version": _prompt_version() if captioned else None,
             "counts": counts, "decoded_images": decoded, "captions": dict(caption_outcome or {}) or None}
         # what the dataset and the gallery show, without the run's timestamps
-        stable_build = {k: v for k, v in build.items() if k not in ("started_at", "finished_at", "decoded_images")}
+        # (and without this run's caption figures: a re-run that found every caption cached shows the same)
+        stable_build = {k: v for k, v in build.items()
+                        if k not in ("started_at", "finished_at", "decoded_images", "captions")}
 
         dataset_tmp: Path | None = None
         stage_dataset_changed = False
