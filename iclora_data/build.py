@@ -317,9 +317,11 @@ def caption_composites(kept: Sequence[CompositeRecord], layout: OutDir, settings
 
 def _caption_outcome(records: Mapping[str, CaptionRecord], settings: CaptionSettings, asked: bool) -> dict[str, Any]:
     """The run's caption figures; the caption package is imported only when it captioned something."""
-    if not asked:
-        return {"sets": len(records), "failed": 0, "kept_previous": 0, "mostly_failed": False, "warning": None,
-                "notes": [], "human": sum(r.source == "human" for r in records.values())}
+    if not asked:  # every caption was edited or cached: the same figures, none failed
+        by_source = {source: sum(r.source == source for r in records.values())
+                     for source in ("model", "human", "sidecar")}
+        return {"sets": len(records), **by_source, "failed": 0, "kept_previous": 0, "failed_share": 0.0,
+                "mostly_failed": False, "warning": None, "notes": []}
     from iclora_data.caption import caption_outcome, captioner_notes
 
     return caption_outcome(list(records.values()), captioner_notes(settings))
