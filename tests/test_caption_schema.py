@@ -212,6 +212,8 @@ def test_prompt_names_characters_only_where_the_preset_asks(tmp_path: Path) -> N
     assert NAMES_RULE in film_text and NAMES_RULE not in font_text
     assert "exactly 3 strings" in film_text and "[SCENE-1], [SCENE-2], [SCENE-3]" in film_text
     assert "80-125 words" in font_text and "The four-panel image showcases" in font_text
+    assert "Write plain English prose" in font_text
+    assert "Write plain German prose" in template.render(font, use_hints=False, language="de")
     # the few-shot example is valid JSON with the preset's panel count, quotes escaped
     example = json.loads(font_text.split("for its shape and length only:\n", 1)[1].splitlines()[0])
     assert len(example["panels"]) == 4 and '"' in example["panels"][0]
@@ -232,8 +234,8 @@ def test_prompt_file_placeholders_are_checked(tmp_path: Path) -> None:
     rendered = load_template(good).render(rec, use_hints=True)
     assert rendered == "Caption these 2 images ([IMAGE1], [IMAGE2]) as JSON; cost $0."
     bad = tmp_path / "bad.txt"
-    bad.write_text("Caption $n images in $language")
-    with pytest.raises(PromptTemplateError, match=r"unknown placeholder\(s\) \$language"):
+    bad.write_text("Caption $n images in $colour")
+    with pytest.raises(PromptTemplateError, match=r"unknown placeholder\(s\) \$colour"):
         load_template(bad)
     with pytest.raises(PromptTemplateError, match="does not exist"):
         load_template(tmp_path / "missing.txt")

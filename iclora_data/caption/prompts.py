@@ -11,6 +11,7 @@ A ``--prompt-file`` replaces the built-in one and may use the same placeholders:
 - ``$min_words``/``$max_words`` the whole caption's target length (IC-LoRA's: 80-125 words)
 - ``$names_rule`` IC-LoRA's ``<Name>`` rule for movie shots, or the rule not to name people
 - ``$example`` an answer for another set of the same preset, written for this project
+- ``$language`` the language to write in (``caption.language``: "English" for ``en``)
 - ``$hints`` text the set brought (caption.txt, per-panel notes), when sidecars are used as hints
 """
 
@@ -43,7 +44,7 @@ $panel_form. Describe what that panel shows (subject, action, composition, light
 and what sets it apart from the others.
 $names_rule
 The whole caption should read as one flowing description of $min_words-$max_words words. Put any text \
-the images show in double quotes. Write plain English prose: no tags such as $first_tag, no lists, \
+the images show in double quotes. Write plain $language prose: no tags such as $first_tag, no lists, \
 no markdown, and no remarks about the task.
 $example
 $hints"""
@@ -54,7 +55,9 @@ NO_NAMES_RULE = "Do not invent names for people; describe them (\"a young woman\
 
 PLACEHOLDERS = frozenset({"n", "count", "task", "tags", "first_tag", "opener", "summary_form", "summary_words",
                           "panel_form", "panel_words", "min_words", "max_words", "names_rule", "example",
-                          "hints"})
+                          "hints", "language"})
+LANGUAGES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
+             "nl": "Dutch", "zh": "Chinese", "ja": "Japanese", "ko": "Korean"}
 
 
 class PromptTemplateError(IcloraError):
@@ -71,7 +74,7 @@ class PromptTemplate:
         """What identifies this template in a caption key."""
         return hashlib.sha256(f"{PROMPT_VERSION}\0{SYSTEM_PROMPT}\0{self.text}".encode()).hexdigest()
 
-    def render(self, composite: CompositeRecord, *, use_hints: bool) -> str:
+    def render(self, composite: CompositeRecord, *, use_hints: bool, language: str | None = "en") -> str:
         n = len(composite.panel_boxes)
         preset = PRESETS.get(composite.preset) if composite.preset else None
         task = composite.task or (preset.task if preset else "a set of related images")
@@ -97,6 +100,7 @@ class PromptTemplate:
             "names_rule": NAMES_RULE if preset and preset.names_characters else NO_NAMES_RULE,
             "example": example,
             "hints": hints_text(composite) if use_hints else "",
+            "language": LANGUAGES.get(language or "en", language or "English"),
         }
         text = Template(self.text).safe_substitute(fields)
         return "\n".join(line for line in text.splitlines() if line.strip()).strip()

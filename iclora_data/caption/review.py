@@ -177,7 +177,7 @@ def dry_run(out: Path, settings: CaptionSettings, set_id: str | None = None) -> 
     if comp is None:
         raise CaptionReviewError(f"no composite of set {set_id!r} in {out}")
     use_hints = settings.sidecar in ("hint", "keep")
-    instruction = load_template(settings.prompt_file).render(comp, use_hints=use_hints)
+    instruction = load_template(settings.prompt_file).render(comp, use_hints=use_hints, language=settings.language)
     request = build_request(comp, composites_dir(out), settings, instruction)
     min_px, max_px = settings.pixels
     sizes = []

@@ -252,7 +252,7 @@ def caption_sets(composites: Sequence[CompositeRecord], composites_dir: Path, st
             continue
         # keep without a structured sidecar: the model captions, with the set's text as a hint
         use_hints = settings.sidecar in ("hint", "keep")
-        jobs.append(_Job(i, comp, key, template.render(comp, use_hints=use_hints)))
+        jobs.append(_Job(i, comp, key, template.render(comp, use_hints=use_hints, language=settings.language)))
 
     if jobs:
         captioner = captioner or load_captioner(settings)
