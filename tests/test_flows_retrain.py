@@ -1,5 +1,5 @@
 """End-to-end retraining on tiny random models: build -> train -> sample -> model card, artifacts,
-no retraining on unchanged data, retraining when a set is added, and a clear error without a preset."""
+no retraining on unchanged data, retraining when a set is added, and sampling without a preset."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ import pytest
 from PIL import Image
 
 from tests._flows_helpers import many_sets
+from tests._train_helpers import single_thread  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_harness", "single_thread")
 
 PRESET = "couple-profile"  # 2048x1024, two panels side by side
 SCALE = 0.0625  # 128x64 composites for training and sampling
-TRAIN = {"base": "tiny-random", "steps": 2, "batch_size": 2, "checkpoint_every": 0, "validation_every": 0,
-         "scale": SCALE, "mixed_precision": "no", "gradient_checkpointing": False}
+# The default settings, shrunk to a CPU: two steps on the tiny base at 1/16 size, two denoising
+# steps per validation sample. Checkpoints and validation samples stay on (every 2 steps here, as
+# every 250 of a default run): the model card and the next retrain must cope with a LoRA folder
+# that holds checkpoints. Mixed precision, checkpointing, EMA, optimizer: the defaults.
+TRAIN = {"base": "tiny-random", "steps": 2, "batch_size": 2, "scale": SCALE, "checkpoint_every": 2,
+         "validation_every": 2, "validation_steps": 2}
 BUILD = {"compose": {"preset": PRESET}, "caption": {"model": "tiny-random"}}
 
 
@@ -34,6 +39,9 @@ def test_retrain_builds_trains_samples_and_skips_unchanged_data(tmp_path):
 
     first = _retrain(source, out, lora)
     assert first["trained"] and first["step"] == 2
+    assert [p.name for p in (lora / "checkpoints").iterdir()] == ["step-000002"]
+    assert json.loads((lora / "retrain.json").read_text())["fingerprint"] == first["fingerprint"]
+    assert not (lora / "retrain-pending.json").exists()
     assert first["build"]["counts"]["kept"] == 4
     assert (lora / "pytorch_lora_weights.safetensors").is_file()
     assert len(first["samples"]) == 2
@@ -64,13 +72,24 @@ def test_retrain_builds_trains_samples_and_skips_unchanged_data(tmp_path):
     assert third["build"]["counts"]["kept"] == 5
     state = json.loads((lora / "retrain.json").read_text())
     assert state["fingerprint"] == third["fingerprint"] != first["fingerprint"]
+    assert third["step"] == 2  # a fresh run on the new data, not a resume of the old one
 
 
-def test_retrain_without_a_preset_fails_before_building(tmp_path):
-    from flows.retrain import RetrainError, retrain
+def test_retrain_without_a_preset_samples_at_the_grid_it_trained_on(tmp_path):
+    from datasets import load_dataset
+
+    from flows.retrain import retrain
 
     source = many_sets(tmp_path / "SOURCE", 2)
-    with pytest.raises(RetrainError, match="--sample-preset"):
-        retrain(str(source), str(tmp_path / "OUT"), str(tmp_path / "LORA"), {"caption": {"model": "tiny-random"}},
-                TRAIN)
-    assert not (tmp_path / "OUT").exists()
+    out, lora = tmp_path / "OUT", tmp_path / "LORA"
+    result = retrain(str(source), str(out), str(lora), {"caption": {"model": "tiny-random"}}, TRAIN, samples=1,
+                     sample_steps=2, sample_scale=SCALE)
+    row = load_dataset("parquet", data_dir=str(out / "dataset" / "data"), split="train")[0]
+    [composite] = result["samples"]
+    with Image.open(composite) as im:
+        width, height = im.size
+    # automatic layout: the sample has the dataset's grid and aspect, drawn at the sampling scale
+    panels = sorted((lora / "samples").glob(f"{composite.split('/')[-2]}/panel-*.png"))
+    assert len(panels) == row["rows"] * row["cols"] == 2
+    assert abs(width / height - row["width"] / row["height"]) < 0.15 * row["width"] / row["height"]
+    assert width < row["width"] and height < row["height"]
