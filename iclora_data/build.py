@@ -182,6 +182,7 @@ def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Execu
     captions = {set_id: from_dict(CaptionRecord, scrub_obj(to_dict(rec))) for set_id, rec in captions.items()}
     decisions = {set_id: dataclasses.replace(d, reason=scrub(d.reason), warnings=[scrub(w) for w in d.warnings])
                  for set_id, d in decisions.items()}
+    outcome = scrub_obj(outcome)  # its notes quote what a server said
     if not Path(source).exists():
         raise SourceVanishedError(f"SOURCE {source} disappeared during the build; nothing was changed in "
                                   f"{layout.root}")

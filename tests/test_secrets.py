@@ -63,9 +63,13 @@ def test_an_echoed_api_key_reaches_no_output_artifact_or_log(tmp_path, monkeypat
         key = auth.removeprefix("Bearer ")
         n = sum(part["type"] == "image_url" for part in body["messages"][1]["content"])
         text = json.dumps(body)
-        if "set-0001" in text or n == 0:
-            return 401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request"}}
-        content = {"summary": f"a set seen with key {key}", "panels": [f"panel {i} ({key})" for i in range(n)]}
+        if "set-0001" in text or n == 0:  # a request the server refuses, quoting the key it was sent
+            return 400, {"error": {"message": f"Bad request from key {key}: image too small", "type": "invalid"}}
+        scenes = ["a red kite rises over a windy beach while children run along the wet sand below it",
+                  "an old fisherman mends a green net on the harbour wall beside stacked wooden crates"]
+        echo = f" near the sign that reads {key}" if "set-0000" in text else ""  # a model that echoes it
+        content = {"summary": f"a calm seaside town through one long summer day{echo}",
+                   "panels": [scenes[i % 2] + echo for i in range(n)]}
         return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": "served",
                      "choices": [{"index": 0, "finish_reason": "stop",
                                   "message": {"role": "assistant", "content": json.dumps(content)}}],
@@ -74,6 +78,15 @@ def test_an_echoed_api_key_reaches_no_output_artifact_or_log(tmp_path, monkeypat
     seen: list[str] = []
 
     class Echo(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the served models, as vLLM lists them
+            seen.append(self.headers.get("Authorization", ""))
+            data = json.dumps({"object": "list", "data": [{"id": "served", "object": "model"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append(self.headers.get("Authorization", ""))
@@ -93,8 +106,10 @@ def test_an_echoed_api_key_reaches_no_output_artifact_or_log(tmp_path, monkeypat
     monkeypatch.setenv("ICLORA_E2E_KEY", E2E_KEY)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     source = many_sets(tmp_path / "SOURCE", 3)
-    # set-0001's request names it (its hint), so the server answers that one with a 401 echoing the key
-    (source / "set-0001" / "caption.txt").write_text("set-0001")
+    # each request names its set (its hint): set-0000's caption echoes the key, set-0001 gets a 400 that
+    # quotes it, set-0002 is captioned plainly
+    for name in ("set-0000", "set-0001", "set-0002"):
+        (source / name / "caption.txt").write_text(name)
     out = tmp_path / "OUT"
     config = {"caption": {"backend": "openai", "model": "served", "base_url": f"http://127.0.0.1:"
                           f"{server.server_address[1]}/v1", "api_key_env": "ICLORA_E2E_KEY", "max_attempts": 1,
