@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from iclora_data.layout import (
@@ -27,8 +29,10 @@ def test_a_prime_count_that_only_makes_a_sliver_is_rejected():
 
 def test_tiny_panels_are_rejected_with_their_size():
     # 36 panels at about one megapixel: 6x6 panels of ~170 px
-    with pytest.raises(LayoutError, match=f"with 176x160 panels, under {MIN_PANEL_SIDE} pixels a side"):
+    with pytest.raises(LayoutError, match=f"with (\\d+)x(\\d+) panels, under {MIN_PANEL_SIDE} pixels a side") as err:
         choose_layout(36, [(512, 512)] * 36)
+    w, h = (int(v) for v in re.search(r"with (\d+)x(\d+) panels", str(err.value)).groups())
+    assert min(w, h) < MIN_PANEL_SIDE and 6 * w * 6 * h <= 1.2 * 1024 * 1024  # the sizes it names are the real ones
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 8, 9, 12, 16])
