@@ -19,13 +19,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from iclora_data.errors import IcloraError
 from iclora_data.records import FileEntry, SourceSet
+from iclora_data.sources import is_url
+from iclora_data.sources.settings import SourceSettings
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+                  ".heic", ".heif", ".avif"}
 JUNK_DIRS = {"__MACOSX", ".git", ".svn", ".Trash", ".Trashes", ".ipynb_checkpoints", "@eaDir"}
 JUNK_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", ".directory", "ehthumbs.db"}
 SET_META = "set.json"
 SET_CAPTION = "caption.txt"
-SourceKind = Literal["folder", "manifest"]
+SourceKind = Literal["folder", "manifest", "archive", "dataset"]
 
 
 class SourceError(IcloraError):
@@ -51,16 +54,38 @@ class IngestResult:
     files: list[FileEntry] = field(default_factory=list)  # files not (yet) tied to a usable panel
 
 
-def ingest(source: Path) -> IngestResult:
-    """Read SOURCE: a folder of sets, or a ``.jsonl``/``.csv`` manifest."""
+def ingest(source: Path | str, *, settings: SourceSettings | None = None, work_dir: Path | None = None,
+           grid: str | None = None) -> IngestResult:
+    """Read SOURCE: a folder of sets, a ``.jsonl``/``.csv`` manifest, an archive (``.zip``, ``.tar``,
+    ``.tar.gz``), a Hugging Face dataset (a local folder or ``hf://datasets/ORG/NAME[@rev]``), or a
+    folder of IC-LoRA jpg+txt pairs (ready composites).
+
+    ``work_dir`` holds what a source must spool (dataset images, compressed tar members): the
+    build passes ``OUT/.iclora``; without it, the user cache. ``grid`` (``--layout``) is the grid of
+    ready composites when ``settings.composite_grid`` gives none."""
+    from iclora_data.sources import archive, hf, tree
+    from iclora_data.store import cache_dir
+
+    settings = settings or SourceSettings()
+    spool = Path(work_dir) / "spool" if work_dir is not None else cache_dir("spool")
+    composite_grid = settings.composite_grid or grid
+    if isinstance(source, str) and source.startswith(hf.HUB_PREFIX):
+        return hf.ingest_dataset(source, settings, spool, grid=composite_grid)
     source = Path(source)
     if not source.exists():
         raise SourceError(f"SOURCE {source} does not exist")
+    if source.is_dir() and hf.is_dataset_folder(source):
+        return hf.ingest_dataset(source, settings, spool, grid=composite_grid)
+    if source.is_dir() and tree.is_pairs_folder(source):
+        return tree.ingest_pairs_folder(source, grid=composite_grid)
     if source.is_dir():
         return ingest_folder(source)
+    if archive.is_archive(source):
+        return archive.ingest_archive(source, settings.archive, spool, grid=composite_grid)
     if source.suffix.lower() in (".jsonl", ".csv"):
         return ingest_manifest(source)
-    raise SourceError(f"SOURCE {source} is neither a folder of image sets nor a .jsonl/.csv manifest")
+    raise SourceError(f"SOURCE {source} is neither a folder of image sets, a .jsonl/.csv manifest, "
+                      "an archive (.zip, .tar, .tar.gz) nor a Hugging Face dataset")
 
 
 def _junk_reason(parts: tuple[str, ...]) -> str | None:
@@ -272,7 +297,7 @@ def ingest_manifest(manifest: Path) -> IngestResult:
         for ref in parsed.images:
             problem, path, ledger = _resolve_reference(base, ref)
             src.files.append(ledger)
-            src.paths.append(str(path) if path else "")
+            src.paths.append(str(path) if path else ref if is_url(ref) and not problem else "")
             if problem:
                 problems.append(f"{ledger}: {problem}")
                 if ledger not in seen_files:
@@ -288,8 +313,10 @@ def ingest_manifest(manifest: Path) -> IngestResult:
 
 def _resolve_reference(base: Path, ref: str) -> tuple[str | None, Path | None, str]:
     """(problem, resolved path, ledger path) of a manifest image reference."""
-    if "://" in ref:
-        return "image URLs are not fetched by this version; download them first", None, ref
+    if "://" in ref:  # fetched per shard by sources.download.fetch_urls; the URL is its own ledger path
+        from iclora_data.sources.download import url_problem
+
+        return url_problem(ref), None, ref
     candidate = base / ref
     lexical = Path(os.path.normpath(candidate))
     if not lexical.is_relative_to(base):
