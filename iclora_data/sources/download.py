@@ -30,7 +30,6 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from iclora_data.records import FileEntry, SourceSet
-from iclora_data.sources import is_url
 from iclora_data.sources.settings import DownloadSettings
 from iclora_data.store import atomic_write_bytes, atomic_write_json
 
@@ -216,18 +215,23 @@ def download_all(urls: Sequence[str], downloads: Path, settings: DownloadSetting
         return {d.url: d for d in results}
 
 
+def _linked(locator: str) -> bool:
+    """A URL of any scheme (non-http ones are refused with a reason, never read as paths)."""
+    return "://" in locator
+
+
 def fetch_urls(sets: Sequence[SourceSet], downloads: Path,
                settings: DownloadSettings) -> tuple[list[SourceSet], list[FileEntry]]:
     """Resolve the URL panels of one shard of sets.
 
     Returns the sets with each URL locator replaced by its downloaded file, and a ledger entry for
     each panel that could not be fetched; a set with such a panel is rejected, naming it."""
-    urls = [p for s in sets if not s.rejection for p in s.paths if is_url(p)]
+    urls = [p for s in sets if not s.rejection for p in s.paths if _linked(p)]
     done = download_all(urls, downloads, settings)
     out: list[SourceSet] = []
     failed: list[FileEntry] = []
     for src in sets:
-        if src.rejection or not any(is_url(p) for p in src.paths):
+        if src.rejection or not any(_linked(p) for p in src.paths):
             out.append(src)
             continue
         paths, problems = [], []
