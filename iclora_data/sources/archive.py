@@ -22,7 +22,7 @@ import tarfile
 import threading
 import zipfile
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote
 
@@ -90,14 +90,17 @@ def _zip_entries(archive: Path, settings: ArchiveSettings) -> tuple[list[Entry],
 
         raise SourceError(f"SOURCE {archive} is not a readable zip archive: {exc}") from None
     with zf:
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        # two entries of one name: tools disagree on which is meant (zipfile reads the last), so neither is used
+        name_count = Counter(i.filename for i in infos)
+        for number, info in enumerate(infos, 1):
             ledger = f"{label}/{info.filename}"
+            if ledger in seen:
+                ledger = f"{ledger} (entry {number})"
             mode = info.external_attr >> 16
             problem = unsafe_name(info.filename)
-            if problem is None and ledger in seen:
-                problem = "duplicate entry: an earlier entry of the archive has the same name"
+            if problem is None and name_count[info.filename] > 1:
+                problem = f"ambiguous entry: the archive holds {name_count[info.filename]} entries of this name"
             if problem is None and stat.S_ISLNK(mode):
                 problem = "symbolic link in the archive (not followed)"
             if problem is None and info.flag_bits & 0x1:
@@ -177,8 +180,9 @@ def _tar_entries(archive: Path, settings: ArchiveSettings, spool_dir: Path) -> t
     entries: list[Entry] = []
     files: list[FileEntry] = []
     budget = _Budget(settings.max_total_bytes)
-    # a compressed tar's expansion is bounded as a whole: there is no per-member compressed size
-    expansion_limit = max(settings.max_ratio * archive.stat().st_size, 100 * _SMALL) if compressed else None
+    # a compressed tar's expansion is bounded as a whole: there is no per-member compressed size. The floor
+    # keeps small archives of highly compressible headers and padding (tar blocks are zeros) usable.
+    expansion_limit = max(settings.max_ratio * archive.stat().st_size, 10 * _SMALL) if compressed else None
     seen: set[str] = set()
     try:
         tf = tarfile.open(archive, "r:*")  # noqa: SIM115 (closed by the with below)
@@ -188,13 +192,14 @@ def _tar_entries(archive: Path, settings: ArchiveSettings, spool_dir: Path) -> t
         raise SourceError(f"SOURCE {archive} is not a readable tar archive: {exc}") from None
     with tf:
         try:
-            for member in tf:
+            for number, member in enumerate(tf, 1):
                 if member.isdir():
                     continue
                 ledger = f"{label}/{member.name}"
                 problem = unsafe_name(member.name)
-                if problem is None and ledger in seen:
-                    problem = "duplicate entry: an earlier entry of the archive has the same name"
+                if ledger in seen:  # read by offset, so the first is unambiguous; later copies are set aside
+                    ledger = f"{ledger} (entry {number})"
+                    problem = problem or "duplicate entry: an earlier entry of the archive has the same name"
                 if problem is None and (member.issym() or member.islnk()):
                     problem = "link in the archive (not followed)"
                 if problem is None and not member.isreg():
@@ -239,9 +244,5 @@ def ingest_archive(archive: Path, settings: ArchiveSettings, spool_dir: Path, *,
         entries, files = _zip_entries(archive, settings)
     else:
         entries, files = _tar_entries(archive, settings, spool_dir)
-    wrapper = strip_wrapper([e.name for e in entries])
-    if wrapper:
-        entries = [Entry(e.name[len(wrapper):], e.locator, e.ledger) if e.name.startswith(wrapper) else e
-                   for e in entries]
-    sets, set_aside = group_entries(entries, pairs=pairs, grid=grid)
+    sets, set_aside = group_entries(strip_wrapper(entries), pairs=pairs, grid=grid)
     return IngestResult(archive, "archive", sets=sets, files=files + set_aside)

@@ -47,18 +47,26 @@ def _is_image(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def strip_wrapper(names: list[str]) -> str:
-    """The single folder that wraps everything (``dataset/`` of ``dataset/set-a/1.jpg``), or "".
-
-    Zipping a folder usually stores it as the top folder; its sub-folders are then the sets.
-    It is stripped only when it holds folders, never when it is itself the one set."""
+def _single_top(names: list[str]) -> str | None:
     useful = [n for n in names if _junk_reason(PurePosixPath(n).parts) is None]
     tops = {PurePosixPath(n).parts[0] for n in useful}
     if len(tops) != 1 or any(len(PurePosixPath(n).parts) < 2 for n in useful):
-        return ""
-    if any(len(PurePosixPath(n).parts) >= 3 for n in useful):
-        return next(iter(tops)) + "/"
-    return ""
+        return None
+    return next(iter(tops))
+
+
+def strip_wrapper(entries: list[Entry]) -> list[Entry]:
+    """Entries without the single folder that wraps everything (``dataset/`` of ``dataset/set-a/1.jpg``).
+
+    Zipping a folder usually stores it as the top folder. It is stripped when it holds folders (its
+    sub-folders are then the sets), or when it holds IC-LoRA pairs; never when it is itself one set."""
+    top = _single_top([e.name for e in entries])
+    if top is None:
+        return entries
+    stripped = [Entry(e.name[len(top) + 1:], e.locator, e.ledger) if e.name.startswith(top + "/") else e
+                for e in entries]
+    deeper = any(len(PurePosixPath(e.name).parts) >= 3 for e in entries if e.name.startswith(top + "/"))
+    return stripped if deeper or looks_like_pairs(stripped) else entries
 
 
 def looks_like_pairs(entries: list[Entry]) -> bool:
