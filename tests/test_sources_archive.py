@@ -52,6 +52,7 @@ def write_zip(path: Path, members: dict[str, bytes], extra=None) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # the hostile zip has two entries of one name on purpose
 def test_zip_folder_of_sets_is_read_in_place_and_every_entry_is_accounted_for(tmp_path: Path) -> None:
     members = folder_of_sets()
 

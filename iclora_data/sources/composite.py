@@ -20,21 +20,23 @@ Box = tuple[int, int, int, int]
 def grid_from_caption(caption: str | None) -> str | None:
     """The grid whose panel tags all occur in ``caption``, when exactly one preset grid fits.
 
-    Numbered tags of a layout without a preset (``[IMAGE1]``..``[IMAGEn]``) give a 1xn strip."""
+    Numbered tags (``[IMAGE1]``..``[IMAGEn]``) tell only the panel count; they give a grid only
+    where a preset with that many numbered tags fixes it (a strip of 3 may run across or down)."""
     if not caption:
         return None
+    numbered = 0
+    while f"[IMAGE{numbered + 1}]" in caption:
+        numbered += 1
     fits: dict[str, int] = {}
     for preset in PRESETS.values():
-        if preset.panels > 1 and all(tag in caption for tag in preset.panel_tags):
+        if preset.panels > 1 and all(tag in caption for tag in preset.panel_tags) \
+                and (numbered == 0 or preset.panels == numbered):
             fits[preset.grid] = max(fits.get(preset.grid, 0), preset.panels)
-    if fits:
-        most = max(fits.values())
-        best = [g for g, n in fits.items() if n == most]
-        return best[0] if len(best) == 1 else None
-    n = 0
-    while f"[IMAGE{n + 1}]" in caption:
-        n += 1
-    return f"1x{n}" if n > 1 else None
+    if not fits:
+        return None
+    most = max(fits.values())
+    best = [g for g, n in fits.items() if n == most]
+    return best[0] if len(best) == 1 else None
 
 
 def resolve_grid(*candidates: str | None, caption: str | None = None) -> str | None:
