@@ -119,3 +119,49 @@ def test_split_composite_returns_panels_in_reading_order() -> None:
 ])
 def test_grid_from_caption_tags(caption: str, grid: str | None) -> None:
     assert grid_from_caption(caption) == grid
+
+
+# ----- ready composites through compose and dedup ---------------------------------------------------
+
+
+def _ready(tmp_path: Path, name: str, seeds: list[int], caption: str) -> tuple[Path, list[Image.Image]]:
+    from _images import picture
+
+    panels = [picture(s, (300, 200)) for s in seeds]
+    canvas = Image.new("RGB", (300, 200 * len(panels)))
+    for i, p in enumerate(panels):
+        canvas.paste(p, (0, 200 * i))
+    folder = tmp_path / "pairs"
+    folder.mkdir(exist_ok=True)
+    canvas.save(folder / f"{name}.png")
+    (folder / f"{name}.txt").write_text(caption)
+    return folder, panels
+
+
+def test_ready_composites_are_split_for_dedup_and_remade_at_flux_sizes(tmp_path: Path) -> None:
+    from iclora_data.dedup import deduplicate_sets, perceptual_hash
+    from iclora_data.sources.composite import compose_ready
+
+    caption = "[MOVIE-SHOTS] a harbour [SCENE-1] pier [SCENE-2] boat [SCENE-3] wave"
+    _, panels = _ready(tmp_path, "a", [1, 2, 3], caption)
+    _ready(tmp_path, "b", [1, 2, 3], caption)  # the same set again
+    folder, _ = _ready(tmp_path, "c", [4, 5, 5], caption)  # two equal panels in one set
+    result = ingest(folder, grid=None)
+    assert [(s.set_id, s.composite_grid) for s in result.sets] == [("a", "3x1"), ("b", "3x1"), ("c", "3x1")]
+    store = RunStore(tmp_path / "out")
+    prepared = [compose_ready(s, ComposeSettings(min_side=128), store) for s in result.sets]
+    a = prepared[0]
+    # the oracle: the hashes of the pictures the composite was pasted from, in reading order
+    assert [p.phash for p in a.panels] == [perceptual_hash(p) for p in panels]
+    rec = a.composite
+    assert rec and (rec.rows, rec.cols, rec.width, rec.height) == (3, 1, 288, 576)  # panels 300x200 -> 288x192
+    assert rec.preset == "film-storyboard" and rec.panel_tags == ["[SCENE-1]", "[SCENE-2]", "[SCENE-3]"]
+    assert rec.source_caption == caption and rec.source_files == ["a.png"]
+    decisions = deduplicate_sets(prepared)
+    assert decisions["a"].status == "kept" and decisions["b"].status == "duplicate"
+    assert decisions["b"].duplicate_of == "a" and decisions["c"].status == "rejected"
+    again = compose_ready(result.sets[0], ComposeSettings(min_side=128), store)
+    assert again.decoded == 0 and [p.phash for p in again.panels] == [p.phash for p in a.panels]
+    too_small = compose_ready(result.sets[0], ComposeSettings(min_side=256), store)
+    assert too_small.rejection == ("too small: a 300x600 composite of 3x1 panels has 300x200 panels, "
+                                   "the shorter side must be at least 256")
