@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from iclora_data.records import FileEntry, SourceSet
 from iclora_data.sources.settings import DownloadSettings
-from iclora_data.store import atomic_write_bytes, atomic_write_json
+from iclora_data.sources.spool import write_replaceable
 
 DOWNLOADS_DIR = "downloads"
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -182,15 +182,17 @@ def download_one(client: httpx.Client, url: str, downloads: Path, settings: Down
             if transient:
                 continue
             break
-        atomic_write_bytes(target, data)
-        atomic_write_json(note, {"url": url, "bytes": len(data), "content_type": ctype,
-                                 "sha256": hashlib.sha256(data).hexdigest()})
+        # the file first, then the note that vouches for it: a crash between leaves a file with no note,
+        # which the next run simply fetches again
+        write_replaceable(target, data)
+        write_replaceable(note, json.dumps({"url": url, "bytes": len(data), "content_type": ctype,
+                                            "sha256": hashlib.sha256(data).hexdigest()}).encode())
         return Download(url, target, None, fetched=True)
     if transient:
         tries = settings.retries + 1
         reason = f"{reason} ({tries} attempt{'s' if tries > 1 else ''})"
     else:  # a failure for good: the next run does not ask again
-        atomic_write_json(note, {"url": url, "reason": reason})
+        write_replaceable(note, json.dumps({"url": url, "reason": reason}).encode())
     return Download(url, None, reason, fetched=True)
 
 
