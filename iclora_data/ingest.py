@@ -69,8 +69,9 @@ def ingest(source: Path | str, *, settings: SourceSettings | None = None, work_d
     settings = settings or SourceSettings()
     spool = Path(work_dir) / "spool" if work_dir is not None else cache_dir("spool")
     composite_grid = settings.composite_grid or grid
-    if isinstance(source, str) and source.startswith(hf.HUB_PREFIX):
-        return hf.ingest_dataset(source, settings, spool, grid=composite_grid)
+    hub = hf.hub_source(source)
+    if hub is not None:
+        return hf.ingest_dataset(hub, settings, spool, grid=composite_grid)
     source = Path(source)
     if not source.exists():
         raise SourceError(f"SOURCE {source} does not exist")

@@ -250,6 +250,7 @@ def test_hub_dataset_at_a_revision(tmp_path: Path, hub: LoopbackHub) -> None:
     assert [s.set_id for s in again.sets] == [s.set_id for s in result.sets]
     assert hub.requests[resolve] == 1  # the data file came from the cache under the run store
     assert len(ingest("hf://datasets/my-org/sets", work_dir=tmp_path / "work").sets) == 1  # main
+    assert len(ingest(Path("hf://datasets/my-org/sets"), work_dir=tmp_path / "work").sets) == 1
 
 
 def test_hub_errors_are_errors_of_the_run(tmp_path: Path, hub: LoopbackHub) -> None:

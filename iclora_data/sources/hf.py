@@ -43,6 +43,14 @@ HUB_PREFIX = "hf://datasets/"
 BATCH_ROWS = 16  # rows in memory at once (each may hold several full-size images)
 
 
+def hub_source(source: Path | str) -> str | None:
+    """``hf://datasets/...`` as given, also when it went through ``Path`` (which folds ``//`` to ``/``)."""
+    text = str(source)
+    if text.startswith("hf:/datasets/") and not text.startswith(HUB_PREFIX):
+        text = "hf://" + text[len("hf:/"):]
+    return text if text.startswith(HUB_PREFIX) else None
+
+
 def _error(message: str) -> Exception:
     from iclora_data.ingest import SourceError
 
