@@ -68,8 +68,7 @@ def test_multi_page_tiff_uses_its_first_page() -> None:
     first, second = marked(), Image.new("RGB", (320, 400), (0, 0, 0))
     buf = io.BytesIO()
     first.save(buf, "TIFF", save_all=True, append_images=[second])
-    header = read_header(buf.getvalue())
-    assert header.frames == 2
+    assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 2  # the premise: two pages
     assert close(decode_rgb(buf.getvalue()), first)
 
 
@@ -77,7 +76,7 @@ def test_multi_page_tiff_uses_its_first_page() -> None:
     (b"8BPS\x00\x01" + b"\0" * 600, "a Photoshop document (PSD)"),
     (b"\x00\x00\x00\x0cJXL \r\n\x87\n" + b"\0" * 600, "a JPEG XL image"),
     (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="300" height="300"/>', "SVG"),
-    (b"\x00\x00\x00\x18ftypmp42" + b"\0" * 600, "ISO media file of brand 'mp42'"),
+    (b"\x00\x00\x00\x18ftypmp42" + b"\0" * 600, "'mp42'"),
     (b"%PDF-1.7\n" + b"\0" * 600, "PDF document"),
 ])
 def test_an_unsupported_format_is_rejected_naming_it(data: bytes, named: str) -> None:
