@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from iclora_data.errors import IcloraError
 from iclora_data.records import FileEntry, SourceSet
-from iclora_data.sources import is_url
+from iclora_data.sources import hub_source, is_url
 from iclora_data.sources.settings import SourceSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
@@ -48,7 +48,7 @@ class SetMeta(BaseModel):
 
 @dataclass
 class IngestResult:
-    source: Path
+    source: Path | str  # a path, or an hf://datasets/... address
     kind: SourceKind
     sets: list[SourceSet] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)  # files not (yet) tied to a usable panel
@@ -69,7 +69,7 @@ def ingest(source: Path | str, *, settings: SourceSettings | None = None, work_d
     settings = settings or SourceSettings()
     spool = Path(work_dir) / "spool" if work_dir is not None else cache_dir("spool")
     composite_grid = settings.composite_grid or grid
-    hub = hf.hub_source(source)
+    hub = hub_source(source)
     if hub is not None:
         return hf.ingest_dataset(hub, settings, spool, grid=composite_grid)
     source = Path(source)

@@ -9,11 +9,15 @@ redirects to a ``file://`` URL; ``/page`` an HTML page; ``/fake`` HTML sent as i
 Content-Length; ``/noai`` a JPEG with ``X-Robots-Tag: noai``; ``/barrier/<n>`` waits until n
 requests are in flight at once (proves a pool is concurrent); ``/delay/<seed>.jpg`` a JPEG after
 ``delay_s`` (the benchmark's fixed per-request latency).
+
+``serve_hub`` is a loopback Hugging Face hub: the tree API and ``resolve/`` for the files put in it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import threading
 import time
 from collections import Counter
@@ -21,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from _images import picture
 
@@ -146,6 +151,85 @@ def _handler(host: ImageHost) -> type[BaseHTTPRequestHandler]:
             return self.reply(404, b"no route", "text/plain")
 
     return Handler
+
+
+class LoopbackHub:
+    """Repo files per revision, served the way the hub serves them: the tree API and resolve/."""
+
+    def __init__(self) -> None:
+        self.files: dict[tuple[str, str], dict[str, bytes]] = {}  # (repo, revision) -> path -> bytes
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.lock = threading.Lock()
+        self.url = ""
+
+
+def _hub_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def send(self, status: int, body: bytes, headers: dict[str, str], head: bool = False) -> None:
+            self.send_response(status)
+            for k, v in {"Content-Length": str(len(body)), **headers}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def answer(self, method: str) -> None:
+            path = unquote(urlparse(self.path).path)
+            with hub.lock:
+                hub.requests[(method, path)] += 1
+            parts = path.strip("/").split("/")
+            # /api/datasets/ORG/NAME/tree/REV[/sub]
+            if parts[:2] == ["api", "datasets"] and len(parts) >= 6 and parts[4] == "tree":
+                repo, rev = "/".join(parts[2:4]), parts[5]
+                files = hub.files.get((repo, rev))
+                if files is None:
+                    return self.send(404, b'{"error": "Revision Not Found"}', {"Content-Type": "application/json",
+                                                                               "X-Error-Code": "RevisionNotFound"})
+                tree = [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                        for p, b in files.items()]
+                return self.send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"})
+            # /datasets/ORG/NAME/resolve/REV/PATH
+            if parts[0] == "datasets" and len(parts) >= 6 and parts[3] == "resolve":
+                repo, rev, name = "/".join(parts[1:3]), parts[4], "/".join(parts[5:])
+                data = hub.files.get((repo, rev), {}).get(name)
+                if data is None:
+                    return self.send(404, b"", {"X-Error-Code": "EntryNotFound"}, head=method == "HEAD")
+                commit = hashlib.sha1(f"{repo}@{rev}".encode()).hexdigest()
+                return self.send(200, data, {"Content-Type": "application/octet-stream", "X-Repo-Commit": commit,
+                                             "ETag": f'"{hashlib.sha256(data).hexdigest()}"'},
+                                 head=method == "HEAD")
+            return self.send(404, b'{"error": "Repository not found"}',
+                             {"Content-Type": "application/json", "X-Error-Code": "RepoNotFound"})
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.answer("GET")
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.answer("HEAD")
+
+    return Handler
+
+
+@contextmanager
+def serve_hub() -> Iterator[LoopbackHub]:
+    """A loopback hub: the tree API and resolve/ for the repos and revisions put in ``.files``."""
+    hub = LoopbackHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _hub_handler(hub))
+    server.daemon_threads = True
+    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 @contextmanager

@@ -3,20 +3,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import datasets
 import pyarrow.parquet as pq
 import pytest
-from _http_helpers import jpeg_bytes, serve_images
+from _http_helpers import LoopbackHub, jpeg_bytes, serve_hub, serve_images
 
 from iclora_data.compose import compose_set
 from iclora_data.config import ComposeSettings
@@ -148,85 +143,17 @@ def test_a_dataset_without_an_image_column_is_a_clear_error(tmp_path: Path) -> N
 # ----- hf://datasets/... ----------------------------------------------------------------------------
 
 
-class LoopbackHub:
-    """Repo files per revision, served the way the hub serves them: the tree API and resolve/."""
-
-    def __init__(self) -> None:
-        self.files: dict[tuple[str, str], dict[str, bytes]] = {}  # (repo, revision) -> path -> bytes
-        self.requests: Counter[tuple[str, str]] = Counter()
-        self.lock = threading.Lock()
-        self.url = ""
-
-
-def _hub_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def send(self, status: int, body: bytes, headers: dict[str, str], head: bool = False) -> None:
-            self.send_response(status)
-            for k, v in {"Content-Length": str(len(body)), **headers}.items():
-                self.send_header(k, v)
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
-
-        def answer(self, method: str) -> None:
-            path = unquote(urlparse(self.path).path)
-            with hub.lock:
-                hub.requests[(method, path)] += 1
-            parts = path.strip("/").split("/")
-            # /api/datasets/ORG/NAME/tree/REV[/sub]
-            if parts[:2] == ["api", "datasets"] and len(parts) >= 6 and parts[4] == "tree":
-                repo, rev = "/".join(parts[2:4]), parts[5]
-                files = hub.files.get((repo, rev))
-                if files is None:
-                    return self.send(404, b'{"error": "Revision Not Found"}', {"Content-Type": "application/json",
-                                                                               "X-Error-Code": "RevisionNotFound"})
-                tree = [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                        for p, b in files.items()]
-                return self.send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"})
-            # /datasets/ORG/NAME/resolve/REV/PATH
-            if parts[0] == "datasets" and len(parts) >= 6 and parts[3] == "resolve":
-                repo, rev, name = "/".join(parts[1:3]), parts[4], "/".join(parts[5:])
-                data = hub.files.get((repo, rev), {}).get(name)
-                if data is None:
-                    return self.send(404, b"", {"X-Error-Code": "EntryNotFound"}, head=method == "HEAD")
-                commit = hashlib.sha1(f"{repo}@{rev}".encode()).hexdigest()
-                return self.send(200, data, {"Content-Type": "application/octet-stream", "X-Repo-Commit": commit,
-                                             "ETag": f'"{hashlib.sha256(data).hexdigest()}"'},
-                                 head=method == "HEAD")
-            return self.send(404, b'{"error": "Repository not found"}',
-                             {"Content-Type": "application/json", "X-Error-Code": "RepoNotFound"})
-
-        def do_GET(self) -> None:  # noqa: N802
-            self.answer("GET")
-
-        def do_HEAD(self) -> None:  # noqa: N802
-            self.answer("HEAD")
-
-    return Handler
-
-
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackHub]:
     import huggingface_hub.constants as hf_constants
 
-    state = LoopbackHub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _hub_handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", state.url)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serve_hub() as state:
+        monkeypatch.setenv("HF_ENDPOINT", state.url)
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield state
 
 
 def parquet_bytes(tmp_path: Path, data: dict[str, list[Any]]) -> bytes:

@@ -20,6 +20,20 @@ from pathlib import Path
 
 ZIP_PREFIX = "zip:"
 TAR_PREFIX = "tar:"
+HUB_PREFIX = "hf://datasets/"
+
+
+def hub_source(source: Path | str) -> str | None:
+    """``hf://datasets/...`` as given, also when it went through ``Path`` (which folds ``//`` to ``/``)."""
+    text = str(source)
+    if text.startswith("hf:/datasets/") and not text.startswith(HUB_PREFIX):
+        text = "hf://" + text[len("hf:/"):]
+    return text if text.startswith(HUB_PREFIX) else None
+
+
+def source_exists(source: Path | str) -> bool:
+    """Whether SOURCE is there: a hub dataset is judged when it is read (its errors are the run's)."""
+    return hub_source(source) is not None or Path(source).exists()
 
 
 def is_url(locator: str) -> bool:

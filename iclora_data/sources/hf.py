@@ -34,21 +34,13 @@ from natsort import natsorted, ns
 from iclora_data.layout import LayoutError
 from iclora_data.presets import UnknownPresetError, get_preset
 from iclora_data.records import FileEntry, SourceSet
+from iclora_data.sources import hub_source
 from iclora_data.sources.composite import resolve_grid
 from iclora_data.sources.download import url_problem
 from iclora_data.sources.settings import SourceSettings
 from iclora_data.sources.spool import spool_bytes
 
-HUB_PREFIX = "hf://datasets/"
 BATCH_ROWS = 16  # rows in memory at once (each may hold several full-size images)
-
-
-def hub_source(source: Path | str) -> str | None:
-    """``hf://datasets/...`` as given, also when it went through ``Path`` (which folds ``//`` to ``/``)."""
-    text = str(source)
-    if text.startswith("hf:/datasets/") and not text.startswith(HUB_PREFIX):
-        text = "hf://" + text[len("hf:/"):]
-    return text if text.startswith(HUB_PREFIX) else None
 
 
 def _error(message: str) -> Exception:
@@ -268,10 +260,11 @@ def ingest_dataset(source: Path | str, settings: SourceSettings, spool: Path, *,
     """Read a dataset (local folder or ``hf://datasets/...``) into an IngestResult."""
     from iclora_data.ingest import IngestResult
 
-    if isinstance(source, str) and source.startswith(HUB_PREFIX):
-        data_files, local_root = _hub_data_files(source, settings, spool.parent / "hub")
+    hub = hub_source(source)
+    if hub is not None:
+        data_files = _hub_data_files(hub, settings, spool.parent / "hub")
         sets, files = _read_rows(data_files, settings, spool, None, grid)
-        return IngestResult(local_root, "dataset", sets=sets, files=files)
+        return IngestResult(hub, "dataset", sets=sets, files=files)
     root = Path(source).resolve()
     data = _local_data_files(root, settings.split)
     sets, files = _read_rows([(p, p.relative_to(root).as_posix()) for p in data], settings, spool, root, grid)
@@ -292,7 +285,7 @@ def ingest_dataset(source: Path | str, settings: SourceSettings, spool: Path, *,
 _HUB_RE = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?(?:/(?P<sub>.*))?$")
 
 
-def _hub_data_files(source: str, settings: SourceSettings, cache: Path) -> tuple[list[tuple[Path, str]], Path]:
+def _hub_data_files(source: str, settings: SourceSettings, cache: Path) -> list[tuple[Path, str]]:
     """Download the dataset's parquet files (one by one, into the cache) and name them for the ledger."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
@@ -318,4 +311,4 @@ def _hub_data_files(source: str, settings: SourceSettings, cache: Path) -> tuple
                      f"{str(exc).splitlines()[0]}") from None
     except (HfHubHTTPError, OSError) as exc:
         raise _error(f"cannot read hub dataset {repo}: {str(exc).splitlines()[0]}") from None
-    return files, cache
+    return files
