@@ -1,23 +1,26 @@
-"""Compose throughput: ``iclora build SRC --out OUT --until compose`` against a naive baseline.
+"""Compose throughput: the whole ``iclora build --until compose`` CLI process against a naive loop.
 
-    python benchmarks/bench_compose.py [--sets 120] [--megapixels 4] [--skip-pipeline]
+    python benchmarks/bench_compose.py                      # both scenarios, full size (the lead)
+    python benchmarks/bench_compose.py --scenario web --sets 6   # a smoke run
 
-Data: ``--sets`` large photo sets (3 or 4 real photographs of a few megapixels each, JPEG q90,
-made by ``benchmarks/_photos.py`` and cached). Three timings on the same data, in one run:
+Scenarios (real photographs from ``benchmarks/_photos.py``, cached):
 
-1. baseline -- what a script written without care does, one panel at a time: full decode,
-   ``ImageOps.exif_transpose``, ``convert("RGB")``, Lanczos crop-to-fill (``ImageOps.fit``),
-   paste into the grid, save the composite as JPEG q95. One process, one thread.
-2. pipeline, first build -- the real CLI as a subprocess on an empty OUT (ingest, validate,
-   hash, dedup, compose, report), whole-process time (Python + Prefect start-up included)
-   and the flow's own time from ``OUT/build.json``.
-3. pipeline, second build on the unchanged SOURCE into the same OUT (should do no decoding).
+- ``web``: 400 sets of 2-3 panels of 1.5 MP JPEGs (what web-gathered sets are);
+- ``large``: 100 sets of 3-4 panels of 4.5 MP JPEGs.
 
-The aim: the first build takes at most half the baseline's time. Without ``PREFECT_API_URL``
-each ``iclora build`` process starts (and stops) Prefect's temporary server, a fixed cost of
-10-30 s on a small machine; export ``PREFECT_API_URL`` of a running ``prefect server start`` to
-see the build without it. Timings are wall-clock on a shared machine; run it twice if the
-figures matter. ``build.json`` times have one-second resolution.
+Timings on the same sets and geometry, in one run, each printed with its ratio to the baseline:
+
+1. baseline -- the naive Pillow loop, one panel at a time in one thread: full decode,
+   ``ImageOps.exif_transpose``, ``convert("RGB")``, Lanczos crop-to-fill (``ImageOps.fit``), paste
+   into the grid (geometry from ``iclora_data.layout``), save as JPEG q95.
+2. ``iclora build --until compose --runner local``: the whole CLI process, cold (new process,
+   empty OUT), no Prefect. Aim: at most 0.5x the baseline.
+3. the same with the default Prefect runner (temporary server, unless ``PREFECT_API_URL`` is set),
+   and its fixed start-up cost: a 1-set build with Prefect minus the same with ``--runner local``.
+4. a second ``--runner local`` build on the unchanged SOURCE into the same OUT.
+
+Composite PSNR against the baseline's composites is printed as a quality check. Wall-clock on a
+shared machine: run it alone, twice if the figures matter.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _photos import PhotoSpec, photo_sets, source_stats  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 from iclora_data.layout import choose_layout  # noqa: E402
 from iclora_data.records import file_stem  # noqa: E402
@@ -83,42 +87,39 @@ def run_baseline(source: Path, out: Path) -> float:
 
 # ---------------------------------------------------------------- pipeline
 
+SCENARIOS = {
+    "web": PhotoSpec(sets=400, panels=(2, 3), megapixels=1.5),
+    "large": PhotoSpec(sets=100, panels=(3, 4), megapixels=4.5),
+}
+
+
 @dataclass
 class BuildTiming:
-    wall_s: float  # the whole process: interpreter, imports, Prefect start-up, the flow
-    flow_s: float | None  # started_at -> finished_at from OUT/build.json
+    wall_s: float  # the whole process: interpreter, imports, Prefect start-up if any, the build
     counts: dict
     output_tail: str
 
 
 def iclora_command() -> list[str]:
     exe = shutil.which("iclora") or str(Path(sys.executable).with_name("iclora"))
-    if not Path(exe).exists():
-        raise RuntimeError("the iclora console script is not installed in this environment")
-    return [exe]
+    if Path(exe).exists():
+        return [exe]
+    return [sys.executable, "-m", "iclora_data.cli"]
 
 
-def run_build(source: Path, out: Path, extra: list[str]) -> BuildTiming:
-    """``iclora build SOURCE --out OUT --until compose`` as a subprocess, timed."""
+def cli_build(source: Path, out: Path, extra: list[str]) -> BuildTiming:
+    """``iclora build SOURCE --out OUT --until compose EXTRA`` as a subprocess, timed."""
     cmd = [*iclora_command(), "build", str(source), "--out", str(out), "--until", "compose", *extra]
-    env = {**os.environ, "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - start
     tail = (proc.stdout + proc.stderr)[-2000:]
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{tail}")
-    flow_s = None
-    manifest = out / "build.json"
-    if manifest.exists():
-        data = json.loads(manifest.read_text())
-        try:
-            flow_s = (datetime.fromisoformat(data["finished_at"])
-                      - datetime.fromisoformat(data["started_at"])).total_seconds()
-        except (KeyError, TypeError, ValueError):
-            flow_s = None
     counts = json.loads((out / "report.json").read_text())["counts"]
-    return BuildTiming(wall, flow_s, counts, tail)
+    return BuildTiming(wall, counts, tail)
 
 
 def psnr(a: Path, b: Path) -> float | None:
@@ -131,79 +132,79 @@ def psnr(a: Path, b: Path) -> float | None:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def run_pipeline(source: Path, work: Path, n_sets: int, baseline_s: float | None, baseline_out: Path | None,
-                 extra: list[str]) -> None:
-    """Time the first and the second build and print them against the baseline."""
-    out = work / "pipeline-out"
-    if out.exists():
-        shutil.rmtree(out)
-    first = run_build(source, out, extra)
-    second = run_build(source, out, extra)
-    composites = sorted((out / "composites").glob("*.jpg"))
-    print(f"\npipeline: iclora build --until compose {' '.join(extra)}".rstrip())
-    print(f"  counts: {first.counts}")
-    if first.counts.get("kept") != n_sets or len(composites) != n_sets:
-        print(f"  WARNING: expected {n_sets} kept sets and composites, got {first.counts.get('kept')} "
-              f"kept and {len(composites)} composites")
-    for label, t in (("first build ", first), ("second build", second)):
-        flow = (f", flow {t.flow_s:7.2f} s ({n_sets / t.flow_s:6.2f} sets/s, "
-                f"start-up and exit {t.wall_s - t.flow_s:5.2f} s)") if t.flow_s else ""
-        print(f"  {label}: whole process {t.wall_s:7.2f} s ({n_sets / t.wall_s:6.2f} sets/s){flow}")
-    print(f"  second / first build (whole process): {second.wall_s / first.wall_s:.3f}")
-    if first.flow_s and second.flow_s:
-        print(f"  second / first build (flow only):     {second.flow_s / first.flow_s:.3f}")
-    if baseline_s:
-        ratio = first.wall_s / baseline_s
-        print(f"  first build / baseline (whole process): {ratio:.3f}  "
-              f"({'meets' if ratio <= 0.5 else 'MISSES'} the aim of <= 0.5)")
-        if first.flow_s:
-            print(f"  first build / baseline (flow only):     {first.flow_s / baseline_s:.3f}")
-    if baseline_out is not None:
-        scores = [s for c in composites[:10] if (s := psnr(c, baseline_out / c.name)) is not None]
-        if scores:
-            print(f"  composite PSNR vs baseline ({len(scores)} sets): min {min(scores):.1f} dB, "
-                  f"mean {sum(scores) / len(scores):.1f} dB")
-        else:
-            print("  composite PSNR vs baseline: no composites of the same name and size to compare")
+def fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="compose throughput: iclora build vs a naive baseline")
-    parser.add_argument("--sets", type=int, default=120)
-    parser.add_argument("--megapixels", type=float, default=4.0, help="size of each source photo")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where outputs go (default: a temp folder)")
-    parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--skip-pipeline", action="store_true")
-    parser.add_argument("--build-arg", action="append", default=[],
-                        help="extra argument for iclora build, e.g. --build-arg=--workers=2 (repeatable)")
-    args = parser.parse_args()
+def line(label: str, seconds: float, n_sets: int, baseline_s: float) -> str:
+    return (f"  {label:<44s} {seconds:8.2f} s  {n_sets / seconds:7.2f} sets/s  "
+            f"{seconds / baseline_s:6.3f}x baseline")
 
-    spec = PhotoSpec(sets=args.sets, megapixels=args.megapixels, seed=args.seed)
+
+def run_scenario(name: str, spec: PhotoSpec, work: Path, workers: int | None, skip_prefect: bool) -> None:
     start = time.perf_counter()
     source = photo_sets(spec)
     n_sets, n_panels, n_bytes = source_stats(source)
-    print(f"data: {source}  ({time.perf_counter() - start:.1f} s to make or find)")
-    print(f"  {n_sets} sets, {n_panels} panels, {n_bytes / 1e6:.0f} MB of JPEG, "
-          f"{spec.megapixels:g} MP per panel, cpus={os.cpu_count()}")
+    print(f"\n== {name}: {source}  ({time.perf_counter() - start:.1f} s to make or find)")
+    print(f"  {n_sets} sets, {n_panels} panels, {n_bytes / 1e6:.0f} MB of JPEG, {spec.megapixels:g} MP per panel, "
+          f"cpus={os.cpu_count()}")
+    extra = ["--workers", str(workers)] if workers else []
+
+    baseline_out = fresh(work / f"{name}-baseline")
+    baseline_s = run_baseline(source, baseline_out)
+    print(line("baseline (naive loop, 1 thread)", baseline_s, n_sets, baseline_s)
+          + f"  {1000 * baseline_s / n_panels:.1f} ms/panel")
+
+    local_out = fresh(work / f"{name}-local")
+    local = cli_build(source, local_out, ["--runner", "local", *extra])
+    print(line("iclora build --runner local (cold process)", local.wall_s, n_sets, baseline_s)
+          + f"  [{'meets' if local.wall_s <= 0.5 * baseline_s else 'MISSES'} the aim <= 0.5x]")
+    if local.counts.get("kept") != n_sets:
+        print(f"  WARNING: expected {n_sets} kept sets, got {local.counts}")
+    again = cli_build(source, local_out, ["--runner", "local", *extra])
+    print(line("  second build, unchanged SOURCE", again.wall_s, n_sets, baseline_s)
+          + f"  {again.wall_s / local.wall_s:.3f}x the first")
+
+    if not skip_prefect:
+        prefect = cli_build(source, fresh(work / f"{name}-prefect"), extra)
+        print(line("iclora build (default Prefect runner)", prefect.wall_s, n_sets, baseline_s)
+              + f"  {prefect.wall_s / local.wall_s:.3f}x local")
+        one = fresh(work / "one-set-source")
+        shutil.copytree(next(p for p in sorted(source.iterdir()) if p.is_dir()), one / "set-0000")
+        tiny_local = cli_build(one, fresh(work / "one-local"), ["--runner", "local"])
+        tiny_prefect = cli_build(one, fresh(work / "one-prefect"), [])
+        startup = tiny_prefect.wall_s - tiny_local.wall_s
+        where = "a running server (PREFECT_API_URL)" if os.environ.get("PREFECT_API_URL") else "temporary server"
+        print(f"  Prefect's fixed start-up, {where}: {startup:.2f} s (1-set build: {tiny_prefect.wall_s:.2f} s "
+              f"with Prefect, {tiny_local.wall_s:.2f} s local)  = {startup / baseline_s:.3f}x baseline")
+
+    composites = sorted((local_out / "composites").glob("*.jpg"))
+    scores = [s for c in composites[:20] if (s := psnr(c, baseline_out / c.name)) is not None]
+    if scores:
+        print(f"  composite PSNR vs baseline ({len(scores)} sets): min {min(scores):.1f} dB, "
+              f"mean {sum(scores) / len(scores):.1f} dB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="compose throughput: the iclora CLI vs a naive Pillow loop")
+    parser.add_argument("--scenario", choices=["web", "large", "both"], default="both")
+    parser.add_argument("--sets", type=int, default=None, help="override the scenario's set count (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None, help="--workers for iclora build (default: its own)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where outputs go (default: a temp folder)")
+    parser.add_argument("--skip-prefect", action="store_true", help="only the local runner")
+    args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="iclora-bench-compose-"))
     work.mkdir(parents=True, exist_ok=True)
-    baseline_s = None
-    baseline_out = None
-    if not args.skip_baseline:
-        baseline_out = work / "baseline-out"
-        if baseline_out.exists():
-            shutil.rmtree(baseline_out)
-        baseline_s = run_baseline(source, baseline_out)
-        print(f"\nbaseline (naive, 1 thread): {baseline_s:7.2f} s  {n_sets / baseline_s:6.2f} sets/s  "
-              f"{1000 * baseline_s / n_panels:6.1f} ms/panel")
-    if not args.skip_pipeline:
-        try:
-            run_pipeline(source, work, n_sets, baseline_s, baseline_out, args.build_arg)
-        except RuntimeError as exc:
-            print(f"\npipeline: not run: {exc}")
+    names = ["web", "large"] if args.scenario == "both" else [args.scenario]
+    for name in names:
+        spec = SCENARIOS[name]
+        spec = PhotoSpec(sets=args.sets or spec.sets, panels=spec.panels, megapixels=spec.megapixels,
+                         seed=args.seed)
+        run_scenario(name, spec, work, args.workers, args.skip_prefect)
     print(f"\noutputs under {work}")
 
 

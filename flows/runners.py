@@ -1,5 +1,6 @@
-"""Where and how the flows' tasks run: the task runner (threads here, Ray past one machine) and the
-retry policy (transient I/O and HTTP failures only; bad data is reported, never retried)."""
+"""Where and how a build runs: the runner (``prefect``: Prefect tasks on a thread pool; ``ray``: the same
+tasks on Ray; ``local``: no Prefect at all, a thread pool in this process) and the retry policy of the
+Prefect tasks (transient I/O and HTTP failures only; bad data is reported, never retried)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from urllib.parse import urlsplit
 
 from iclora_data.errors import IcloraError
 
-Runner = Literal["threads", "ray"]
-RUNNERS: tuple[str, ...] = ("threads", "ray")
+Runner = Literal["prefect", "local", "ray"]
+RUNNERS: tuple[str, ...] = ("prefect", "local", "ray")
+RUNNER_ALIASES = {"threads": "prefect"}  # the name of the prefect runner before --runner local existed
 TASK_RETRIES = 3
 RETRY_DELAYS = [1.0, 4.0, 16.0]  # seconds: backoff for a server or disk that needs a moment
 
@@ -68,18 +70,28 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
                           "(`ray start --head`) or fix --ray-address") from None
 
 
-def make_task_runner(runner: str = "threads", workers: int = 2, ray_address: str | None = None,
+def check_runner(runner: str, ray_address: str | None = None) -> str:
+    """The runner's canonical name; an unknown runner or a misplaced --ray-address is one clear error."""
+    name = RUNNER_ALIASES.get(runner, runner)
+    if name not in RUNNERS:
+        raise RunnerError(f"unknown runner {runner!r}: use {', '.join(RUNNERS)}")
+    if ray_address and name != "ray":
+        raise RunnerError("--ray-address needs --runner ray")
+    return name
+
+
+def make_task_runner(runner: str = "prefect", workers: int = 2, ray_address: str | None = None,
                      ray_init: dict[str, Any] | None = None) -> Any:
-    """``threads``: a thread pool of ``workers`` on this machine. ``ray``: prefect-ray's RayTaskRunner on the
-    cluster at ``ray_address``, or on a local Ray instance it starts when no address is given."""
-    if runner == "threads":
-        if ray_address:
-            raise RunnerError("--ray-address needs --runner ray")
+    """The Prefect task runner: ``prefect`` (or ``threads``): a thread pool of ``workers`` on this machine.
+    ``ray``: prefect-ray's RayTaskRunner on the cluster at ``ray_address``, or on a local Ray instance it
+    starts when no address is given. (``local`` runs no Prefect, so it has no task runner.)"""
+    name = check_runner(runner, ray_address)
+    if name == "local":
+        raise RunnerError("--runner local runs without Prefect: call iclora_data.build.run_build")
+    if name == "prefect":
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=workers)
-    if runner != "ray":
-        raise RunnerError(f"unknown runner {runner!r}: use {' or '.join(RUNNERS)}")
     if ray_address:
         check_ray_address(ray_address)
     try:

@@ -1,5 +1,6 @@
 """``iclora``: the command line. Each command validates its invocation first (one-line errors,
-non-zero exit), then runs a Prefect flow or a library function with a rich progress display."""
+non-zero exit), then runs a Prefect flow or a library function with a rich progress display.
+``--runner local`` runs a build with no Prefect import at all."""
 
 from __future__ import annotations
 
@@ -65,15 +66,36 @@ class RichProgress:
 
 
 def _run_with_progress(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from iclora_data.progress import set_progress
-
+    """Call ``fn(*args, progress=listener, **kwargs)`` with a rich display of the stages on stderr."""
     columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as bar:
-        set_progress(RichProgress(bar))
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            set_progress(None)
+        return fn(*args, progress=RichProgress(bar), **kwargs)
+
+
+RUNNER_HELP = ("Where the build runs: prefect (default: Prefect tasks on a thread pool, visible in the Prefect "
+               "UI), local (a thread pool in this process, no Prefect at all) or ray.")
+
+
+def _run_build(runner: str, ray_address: str | None, verbose: bool, source: str, out: str, cfg: Any,
+               wait: float) -> dict[str, Any]:
+    """The build on the chosen runner; ``local`` imports no Prefect."""
+    from flows.runners import check_runner
+
+    name = check_runner(runner, ray_address)
+    if name == "local":
+        from iclora_data.build import run_build
+        from iclora_data.executors import ThreadExecutor
+
+        result = _run_with_progress(run_build, source, out, cfg, executor=ThreadExecutor(cfg.workers),
+                                    lock_timeout=wait)
+        return dict(result.as_dict())
+    _prefect_env(verbose)
+    from flows.build_dataset import build_dataset
+    from flows.runners import make_task_runner
+
+    task_runner = make_task_runner(name, workers=cfg.workers, ray_address=ray_address)
+    flow = build_dataset.with_options(task_runner=task_runner)
+    return dict(_run_with_progress(flow, source, out, cfg.model_dump(mode="json"), lock_timeout=wait))
 
 
 def _counts_table(counts: dict[str, int], title: str) -> Table:
@@ -98,8 +120,7 @@ def build(
     until: Annotated[str | None, typer.Option(help="Stop after this stage: compose, caption or publish.")] = None,
     fit: Annotated[str | None, typer.Option(help="How panels fill their box: crop (default) or pad.")] = None,
     workers: Annotated[int | None, typer.Option(help="Threads for decoding and composing.")] = None,
-    runner: Annotated[str, typer.Option(help="Where per-set tasks run: threads (this machine) or ray.")]
-    = "threads",
+    runner: Annotated[str, typer.Option(help=RUNNER_HELP)] = "prefect",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster, e.g. ray://head:10001 (default with "
                                                          "--runner ray: a local Ray instance).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config; flags "
@@ -108,7 +129,7 @@ def build(
                                              "(0: refuse at once).")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Build IC-LoRA training data from SOURCE into OUT (runs the Prefect flow build-dataset)."""
+    """Build IC-LoRA training data from SOURCE into OUT (the Prefect flow build-dataset, or --runner local)."""
     from iclora_data.config import load_config
 
     if not source.exists():
@@ -122,13 +143,7 @@ def build(
             from iclora_data.caption import check_captioner
 
             check_captioner(cfg.caption)  # a bad model is one clear error before any work (no weights loaded)
-        _prefect_env(verbose)
-        from flows.build_dataset import build_dataset
-        from flows.runners import make_task_runner
-
-        task_runner = make_task_runner(runner, workers=cfg.workers, ray_address=ray_address)
-        flow = build_dataset.with_options(task_runner=task_runner)
-        result = _run_with_progress(flow, str(source), str(out), cfg.model_dump(mode="json"), lock_timeout=wait)
+        result = _run_build(runner, ray_address, verbose, str(source), str(out), cfg, wait)
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora build -> {out}"))
@@ -226,10 +241,10 @@ def retrain(
         from iclora_data.caption import check_captioner
 
         check_captioner(cfg.caption)
-        result = _run_with_progress(retrain_flow, str(source), str(out), str(lora_dir), cfg.model_dump(mode="json"),
-                                    train_cfg.model_dump(mode="json"), preset=sample_preset, samples=samples,
-                                    sample_steps=sample_steps, sample_scale=sample_scale, force=force,
-                                    lock_timeout=wait)
+        # the retrain flow shows its progress in Prefect's logs (it takes no listener)
+        result = retrain_flow(str(source), str(out), str(lora_dir), cfg.model_dump(mode="json"),
+                              train_cfg.model_dump(mode="json"), preset=sample_preset, samples=samples,
+                              sample_steps=sample_steps, sample_scale=sample_scale, force=force, lock_timeout=wait)
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(_counts_table(result["build"]["counts"], f"iclora retrain -> {out}"))
@@ -263,9 +278,11 @@ def caption_cmd(
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     prompt_file: Annotated[Path | None, typer.Option(help="Replace the built-in caption instructions.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config.")] = None,
+    runner: Annotated[str, typer.Option(help="prefect (default) or local (no Prefect); see iclora build.")]
+    = "prefect",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Re-caption an existing build and re-publish its dataset (runs the Prefect flow caption)."""
+    """Re-caption an existing build and re-publish its dataset (the Prefect flow caption, or --runner local)."""
     from iclora_data.config import load_config
 
     if not (out / "report.json").exists():
@@ -277,10 +294,20 @@ def caption_cmd(
         from iclora_data.caption import check_captioner
 
         check_captioner(cfg.caption)
-        _prefect_env(verbose)
-        from flows.caption import caption as caption_flow
+        from flows.runners import RunnerError, check_runner
 
-        result = _run_with_progress(caption_flow, str(out), cfg.caption.model_dump(mode="json"))
+        name = check_runner(runner)
+        if name == "local":
+            from iclora_data.build import recaption
+
+            result = _run_with_progress(recaption, str(out), cfg.caption.model_dump(mode="json")).as_dict()
+        elif name == "ray":
+            raise RunnerError("iclora caption runs on prefect or local; for Ray, re-run `iclora build --runner ray`")
+        else:
+            _prefect_env(verbose)
+            from flows.caption import caption as caption_flow
+
+            result = _run_with_progress(caption_flow, str(out), cfg.caption.model_dump(mode="json"))
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora caption -> {out}"))
@@ -310,14 +337,16 @@ def export(
     out: Annotated[Path, typer.Argument(help="A finished build's OUT folder.")],
     format: Annotated[str, typer.Option("--format", "-f", help="ai-toolkit, kohya or folder.")] = "ai-toolkit",
     dest: Annotated[Path | None, typer.Option(help="Where to write (default OUT/export/FORMAT).")] = None,
+    root: Annotated[str | None, typer.Option(help="Write absolute paths under this folder (where the export "
+                                                  "will be on the training machine) instead of relative ones.")] = None,
 ) -> None:
-    """Write the image + .txt caption folder (and config) that a LoRA trainer reads."""
+    """Write the image + .txt caption folder (and config, script, README) that a LoRA trainer reads."""
     from iclora_data.export import export_dataset
 
     if format not in ("ai-toolkit", "kohya", "folder"):
         fail(f"--format must be ai-toolkit, kohya or folder, got {format!r}")
     try:
-        path = export_dataset(out, format, dest)  # type: ignore[arg-type]
+        path = export_dataset(out, format, dest, root=root)  # type: ignore[arg-type]
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(f"exported {format} data to {path}")

@@ -1,18 +1,22 @@
 """Compose: validate, hash and paste one set's panels into its composite grid.
 
-``compose_set`` is the per-set unit of work (mapped over sets by the flow). It reads each
-file once, hashes its bytes, and decodes it at most once: the decoded panel gives both the
-perceptual hash and the pixels of the composite. Results live in the run store by content,
-so a second build over unchanged files decodes nothing. ``place_composites`` then puts the
-kept sets' composites and JSON sidecars into ``OUT/composites/``.
+``prepare_shard`` is the unit of work the executors map over shards; ``compose_set`` handles one
+set. A panel file is read at most once and decoded at most once: the decoded panel gives both
+the perceptual hash (from a small proxy) and the pixels of the composite, and the composite in
+memory gives the gallery's thumbnail. Everything lands in the run store by content, and the
+stat cache remembers each local file's sha256 and facts, so a second build over unchanged files
+reads, hashes and decodes nothing. The build's commit step (``build.py``) then puts the kept
+sets' composites into ``OUT/composites/`` (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -20,17 +24,18 @@ from iclora_data.config import ComposeSettings
 from iclora_data.dedup import perceptual_hash
 from iclora_data.images import ImageRejected, check_size, decode_rgb, read_header
 from iclora_data.layout import Layout, LayoutError, choose_layout, fit_panel
+from iclora_data.outdir import OutDir
 from iclora_data.records import (
     CompositeRecord,
     PanelRecord,
     PreparedSet,
-    SetDecision,
+    PreparedShard,
+    Shard,
     SourceSet,
-    composites_dir,
     file_stem,
 )
 from iclora_data.sources import read_source
-from iclora_data.store import RunStore, atomic_path, content_key, link_or_copy
+from iclora_data.store import RunStore, StatCache, atomic_path, content_key, sync_shard
 
 COMPOSITE_VERSION = "composite/v1"  # bump when the way pixels are produced changes
 MIN_PANELS = 2
@@ -41,7 +46,46 @@ def composite_key(shas: Sequence[str], layout: Layout, settings: ComposeSettings
                        settings.fit, list(settings.fill), settings.image_format, settings.quality)
 
 
-def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore) -> PreparedSet:
+def prepare_shard(shard: Shard, settings: ComposeSettings, out: str) -> PreparedShard:
+    """The prepare stage over one shard: validate, hash and compose each set into the run store.
+
+    Runs in a worker (thread, process or Ray task): takes and returns plain records. Files are made
+    durable once for the whole shard (docs/ARCHITECTURE.md, "Durability")."""
+    store = RunStore(Path(out))
+    cache = StatCache(OutDir(out).stat_cache)
+    try:
+        result = PreparedShard(shard.index, [])
+        for src in shard.sets:
+            result.sets.append(compose_set(src, settings, store, cache=cache, stat_rows=result.stat_rows))
+    finally:
+        cache.close()
+    if any(p.decoded for p in result.sets):
+        sync_shard(store.root)
+    return result
+
+
+class _Panel:
+    """One panel file while its set is prepared: its bytes are read only when needed."""
+
+    def __init__(self, ledger: str, locator: str):
+        self.ledger, self.locator = ledger, locator
+        self.data: bytes | None = None
+        self.sha: str | None = None
+        self.fact: dict[str, Any] | None = None
+        self.stat: os.stat_result | None = None
+
+    def read(self) -> bytes:
+        if self.data is None:
+            self.data = read_source(self.locator)
+        return self.data
+
+
+def _is_local(locator: str) -> bool:
+    return os.path.isabs(locator) and "://" not in locator
+
+
+def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore, *, cache: StatCache | None = None,
+                stat_rows: list[tuple[Any, ...]] | None = None) -> PreparedSet:
     """Validate one set and make its composite (or find it in the store)."""
     prepared = PreparedSet(src.set_id, list(src.files))
     if src.rejection:
@@ -51,23 +95,20 @@ def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore) -> P
         prepared.rejection = f"a set needs at least {MIN_PANELS} usable panels, found {len(src.files)}"
         return prepared
 
-    datas: list[bytes] = []
-    facts: list[dict | None] = []
+    panels = [_Panel(ledger, path) for ledger, path in zip(src.files, src.paths, strict=True)]
     sizes: list[tuple[int, int]] = []
-    for ledger, path in zip(src.files, src.paths, strict=True):
+    for panel in panels:
         try:
-            data = read_source(path)
+            _identify(panel, store, cache)
         except OSError as exc:
-            prepared.file_reasons[ledger] = f"cannot read the file: {exc.strerror or exc}"
-            datas.append(b"")
-            facts.append(None)
+            prepared.file_reasons[panel.ledger] = f"cannot read the file: {exc.strerror or exc}"
             continue
-        sha = hashlib.sha256(data).hexdigest()
-        fact = store.get_json("panels", sha)
+        fact = panel.fact
         try:
             if fact is None:
-                header = read_header(data, min_side=settings.min_side, max_pixels=settings.max_pixels)
+                header = read_header(panel.read(), min_side=settings.min_side, max_pixels=settings.max_pixels)
                 sizes.append((header.width, header.height))
+                fact = {"width": header.width, "height": header.height}
             elif fact.get("error"):
                 raise ImageRejected(fact["error"])
             else:
@@ -75,45 +116,55 @@ def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore) -> P
                            max_pixels=settings.max_pixels)
                 sizes.append((fact["width"], fact["height"]))
         except ImageRejected as exc:
-            prepared.file_reasons[ledger] = str(exc)
-        datas.append(data)
-        facts.append(fact | {"sha256": sha} if fact else {"sha256": sha})
+            prepared.file_reasons[panel.ledger] = str(exc)
+        if panel.fact is None and fact is not None:
+            panel.fact = {"width": fact["width"], "height": fact["height"]}  # no phash yet: not cached
     if prepared.file_reasons:
         prepared.rejection = _unusable(prepared.file_reasons)
+        _remember(panels, cache, stat_rows)
         return prepared
 
     try:
         layout = choose_layout(len(src.files), sizes, preset=src.preset or settings.preset, grid=settings.layout)
     except LayoutError as exc:
         prepared.rejection = str(exc)
+        _remember(panels, cache, stat_rows)
         return prepared
-    shas = [f["sha256"] for f in facts if f]
+    shas = [p.sha or "" for p in panels]
     key = composite_key(shas, layout, settings)
     stored = store.object_path("composites", key, f".{settings.image_format}")
 
-    if stored.exists() and all(f and "phash" in f for f in facts):
-        prepared.panels = [_panel(ledger, f) for ledger, f in zip(src.files, facts, strict=True) if f]
+    if all(p.fact and "phash" in p.fact for p in panels) and _whole(stored):
+        prepared.panels = [_panel(p) for p in panels]
     else:
         canvas = Image.new("RGB", (layout.width, layout.height), settings.fill)
-        for i, (ledger, data, box) in enumerate(zip(src.files, datas, layout.panel_boxes(), strict=True)):
+        for i, (panel, box) in enumerate(zip(panels, layout.panel_boxes(), strict=True)):
             try:
-                image = decode_rgb(data, target=layout.panel_size, fit=settings.fit,
+                image = decode_rgb(panel.read(), target=layout.panel_size, fit=settings.fit,
                                    min_side=settings.min_side, max_pixels=settings.max_pixels)
             except ImageRejected as exc:
-                prepared.file_reasons[ledger] = str(exc)
-                store.put_json("panels", shas[i], {"error": str(exc)})  # a re-run need not decode it again
+                prepared.file_reasons[panel.ledger] = str(exc)
+                panel.fact = {"error": str(exc)}
+                store.put_json("panels", shas[i], panel.fact)  # a re-run need not decode it again
+                continue
+            except OSError as exc:
+                prepared.file_reasons[panel.ledger] = f"cannot read the file: {exc.strerror or exc}"
                 continue
             prepared.decoded += 1
             # the header's size, not the draft-decoded one: limits and layout are judged on the original
-            fact = {"width": sizes[i][0], "height": sizes[i][1], "phash": perceptual_hash(image)}
-            store.put_json("panels", shas[i], fact)
-            prepared.panels.append(_panel(ledger, fact | {"sha256": shas[i]}))
+            panel.fact = {"width": sizes[i][0], "height": sizes[i][1], "phash": perceptual_hash(image)}
+            store.put_json("panels", shas[i], panel.fact)
+            prepared.panels.append(_panel(panel))
             canvas.paste(fit_panel(image, layout.panel_size, settings.fit, settings.fill), box[:2])
+            del image
         if prepared.file_reasons:
             prepared.rejection = _unusable(prepared.file_reasons)
             prepared.panels = []
+            _remember(panels, cache, stat_rows)
             return prepared
         save_image(canvas, stored, settings)
+        save_thumbnail(canvas, store.object_path("thumbs", key, ".jpg"))
+    _remember(panels, cache, stat_rows)
 
     prepared.composite = CompositeRecord(
         set_id=src.set_id, key=key, image=f"{file_stem(src.set_id)}.{settings.image_format}",
@@ -124,12 +175,63 @@ def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore) -> P
     return prepared
 
 
-def _panel(ledger: str, fact: Mapping) -> PanelRecord:
-    return PanelRecord(ledger, fact["sha256"], int(fact["phash"]), int(fact["width"]), int(fact["height"]))
+def _identify(panel: _Panel, store: RunStore, cache: StatCache | None) -> None:
+    """The panel's sha256 and known facts: from the stat cache when the file is unchanged (nothing
+    read), else by reading and hashing its bytes and asking the store."""
+    if cache is not None and _is_local(panel.locator):
+        panel.stat = os.stat(panel.locator)
+        hit = cache.lookup(panel.locator, panel.stat)
+        if hit is not None:
+            panel.sha, panel.fact = hit
+            if panel.fact is not None and ("phash" in panel.fact or "error" in panel.fact):
+                return
+    data = panel.read()
+    panel.sha = hashlib.sha256(data).hexdigest()
+    panel.fact = store.get_json("panels", panel.sha)
+
+
+def _remember(panels: Sequence[_Panel], cache: StatCache | None, stat_rows: list[tuple[Any, ...]] | None) -> None:
+    """Stat-cache rows for panels that were read (their facts complete or an error): the driver writes them."""
+    if cache is None or stat_rows is None:
+        return
+    now = time.time()
+    for p in panels:
+        if p.stat is None or p.sha is None or p.data is None:
+            continue  # served from the cache (already there) or never read
+        if p.fact is not None and ("phash" in p.fact or "error" in p.fact):
+            row = StatCache.row(p.locator, p.stat, p.sha, p.fact, now)
+            if row is not None:
+                stat_rows.append(row)
+
+
+def _whole(path: Path) -> bool:
+    """A store object that was written whole (a power loss before the shard's sync can leave an empty one)."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _panel(p: _Panel) -> PanelRecord:
+    fact = p.fact or {}
+    return PanelRecord(p.ledger, p.sha or "", int(fact["phash"]), int(fact["width"]), int(fact["height"]))
 
 
 def _unusable(file_reasons: Mapping[str, str]) -> str:
     return "; ".join(f"{path}: {reason}" for path, reason in file_reasons.items())
+
+
+THUMB_SIDE = 512  # longest side of a gallery thumbnail
+THUMB_QUALITY = 80
+
+
+def save_thumbnail(canvas: Image.Image, path: Path) -> None:
+    """The gallery's thumbnail, made from the composite while it is still in memory (no second decode):
+    one box reduce by the smallest integer factor that fits THUMB_SIDE, the cheapest good-looking way down."""
+    factor = -(-max(canvas.size) // THUMB_SIDE)
+    thumb = canvas.reduce(factor) if factor > 1 else canvas
+    with atomic_path(path) as tmp:
+        thumb.save(tmp, "JPEG", quality=THUMB_QUALITY)
 
 
 def save_image(image: Image.Image, path: Path, settings: ComposeSettings) -> None:
@@ -141,29 +243,3 @@ def save_image(image: Image.Image, path: Path, settings: ComposeSettings) -> Non
             image.save(tmp, "WEBP", quality=settings.quality, method=4)
         else:
             image.save(tmp, "PNG", compress_level=4)
-
-
-def place_composites(out: Path, store: RunStore, prepared: Sequence[PreparedSet],
-                     decisions: Mapping[str, SetDecision], settings: ComposeSettings) -> list[CompositeRecord]:
-    """Put kept sets' composites and sidecars in OUT/composites/; remove what no longer belongs."""
-    folder = composites_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    placed: list[CompositeRecord] = []
-    wanted: set[str] = set()
-    for p in prepared:
-        decision = decisions.get(p.set_id)
-        if p.composite is None or decision is None or decision.status != "kept":
-            continue
-        rec = p.composite
-        src = store.object_path("composites", rec.key, f".{settings.image_format}")
-        dst = folder / rec.image
-        if not (dst.exists() and os.path.samefile(src, dst)):
-            link_or_copy(src, dst)
-        sidecar = dst.with_suffix(".json")
-        rec.save(sidecar)
-        wanted.update({dst.name, sidecar.name})
-        placed.append(rec)
-    for stale in folder.iterdir():  # sets that left SOURCE or are no longer kept leave OUT too
-        if stale.name not in wanted and stale.is_file():
-            stale.unlink()
-    return sorted(placed, key=lambda r: r.set_id)

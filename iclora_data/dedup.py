@@ -1,5 +1,5 @@
 """Deduplication: perceptual hashes of panels, an exact sub-quadratic near-duplicate search, and
-the set-level rules of DESIGN.md (Source layouts -> Duplicates).
+the set-level rules (docs/ARCHITECTURE.md, "Duplicates").
 
 Hash choice (``benchmarks/bench_phash_threshold.py``: 15 real photographs from ``skimage.data``
 upscaled 3x into 1150-4200 px JPEG sources, 24 variants each: draft decodes at 1/2, 1/4, 1/8,
@@ -74,15 +74,40 @@ _COST_PER_TABLE_ENTRY = 5e-9  # building the dense bucket table, per entry
 _COST_PER_BRUTE_PAIR = 4e-9  # xor + popcount + compare + nonzero, contiguous blocks
 
 
+HASH_PROXY_SIDE = 128  # shorter side of the proxy the hash is computed from (4x the 32 px DCT input)
+
+
+def hash_proxy(image: Image.Image) -> Image.Image:
+    """A small grey copy of a decoded panel: a box reduce by an integer factor (cheap, in C), so the
+    hash's own Lanczos resize to 32x32 reads ~20k pixels instead of millions. The one place panels
+    are made small for hashing (benchmarks/bench_phash_threshold.py measures its effect)."""
+    factor = min(image.size) // HASH_PROXY_SIDE
+    small = image.reduce(factor) if factor > 1 else image
+    return small.convert("L")
+
+
+_DCT_SIDE = 32
+# DCT-II matrix, unnormalised as scipy.fftpack.dct(type=2) is: C[k, n] = 2 cos(pi k (2n + 1) / 2N)
+_DCT = 2 * np.cos(np.pi * np.outer(np.arange(_DCT_SIDE), 2 * np.arange(_DCT_SIDE) + 1) / (2 * _DCT_SIDE))
+
+
+def phash_bits(image: Image.Image) -> np.ndarray:
+    """``imagehash.phash`` computed the same way (grey, Lanczos to 32x32, 2-D DCT-II, the 8x8 lowest
+    frequencies against their median), with numpy's matrix product instead of scipy's DCT: the same bits,
+    without importing scipy.fft (a quarter second of every worker process's start-up)."""
+    pixels = np.asarray(image.convert("L").resize((_DCT_SIDE, _DCT_SIDE), Image.Resampling.LANCZOS),
+                        dtype=np.float64)
+    low = (_DCT @ pixels @ _DCT.T)[:8, :8]
+    return low > np.median(low)
+
+
 def perceptual_hash(image: Image.Image) -> int:
-    """64-bit DCT perceptual hash (``imagehash.phash``) of a decoded panel, as an unsigned int.
+    """64-bit DCT perceptual hash (``imagehash.phash``'s) of a decoded panel, as an unsigned int,
+    computed from ``hash_proxy(image)``.
 
     Bits are in ``imagehash`` order (first DCT coefficient is the most significant bit), so
     ``hamming`` of two values equals ``imagehash``'s ``h1 - h2``."""
-    import imagehash
-
-    bits = imagehash.phash(image).hash.ravel()
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+    return int.from_bytes(np.packbits(phash_bits(hash_proxy(image)).ravel()).tobytes(), "big")
 
 
 def hamming(a: int, b: int) -> int:
@@ -296,7 +321,7 @@ class _Match:
 def deduplicate_sets(sets: Sequence[PreparedSet], max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, SetDecision]:
     """Decide ``kept`` / ``duplicate`` / ``rejected`` for sets that passed validation.
 
-    Rules (DESIGN.md, Source layouts -> Duplicates): a set with two near-duplicate panels of
+    Rules (docs/ARCHITECTURE.md, "Duplicates"): a set with two near-duplicate panels of
     its own is rejected and takes no further part; two sets whose panels match one to one as
     near-duplicates (same count, any order) are duplicates, and every set of such a cluster
     points at the one whose id sorts first, which is kept; sets that share only some panels

@@ -1,8 +1,10 @@
-"""``OUT/gallery.html``: one self-contained page to see whether the grids and captions look right.
+"""``OUT/gallery.html``: self-contained pages to see whether the grids and captions look right.
 
-Each kept composite is shown as a small thumbnail (``OUT/gallery/``, linked to the full
-image) with its panel boxes drawn over it on hover or for all at once, and its caption with
-the panel tags highlighted. Duplicates and rejects follow with their reasons and thumbnails of
+``gallery.html`` shows the first PAGE_SETS sets of each section and links the further pages
+(``OUT/gallery/kept-N.html``, ``rejects-N.html``). Each kept composite is shown as a small
+thumbnail (``OUT/gallery/``, made while composing, linked to the full image) with its panel
+boxes drawn over it on hover or for all at once, and its caption with the panel tags
+highlighted. Duplicates and rejects follow with their reasons and thumbnails of
 their files (a placeholder where a file does not decode), then the ignored files. No network:
 CSS and the few lines of JS are inline, images are relative files. Everything that comes from
 user data (ids, captions, reasons, paths) is HTML-escaped.
@@ -10,28 +12,31 @@ user data (ids, captions, reasons, paths) is HTML-escaped.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
+import os
 import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from iclora_data.compose import THUMB_QUALITY, THUMB_SIDE
+from iclora_data.outdir import GALLERY as GALLERY_DIR
+from iclora_data.outdir import GALLERY_PAGE, OutDir
 from iclora_data.publish import publish_setting, read_json
 from iclora_data.records import (
     CaptionRecord,
     CompositeRecord,
-    composites_dir,
     file_stem,
     load_captions,
     load_composites,
 )
-from iclora_data.store import atomic_path, content_key
+from iclora_data.store import FILE_MODE, RunStore, atomic_path, content_key, temp_dir
 
-GALLERY_DIR = "gallery"
-THUMB_SIDE = 512  # longest side of a thumbnail
-THUMB_QUALITY = 80
 MAX_SOURCE_PIXELS = 100_000_000  # the build's own limit: never decode more than this for a preview
 
 CSS = """
@@ -96,9 +101,9 @@ def highlight_caption(caption: str, tags: list[str]) -> str:
 def make_thumbnail(src: Path, dst: Path, max_pixels: int = MAX_SOURCE_PIXELS) -> bool:
     """A small JPEG of ``src`` at ``dst``; False when ``src`` does not decode (or is too large).
 
-    Up to date thumbnails are kept; JPEG draft mode decodes at a reduced scale directly."""
+    An existing ``dst`` is kept (callers name it by content); JPEG draft mode decodes at a reduced scale."""
     try:
-        if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
+        if dst.is_file():
             return True
         with Image.open(src) as im:
             if im.width * im.height > max_pixels:
@@ -125,7 +130,9 @@ def source_file(source: Path | None, ledger_path: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def kept_figure(rec: CompositeRecord, cap: CaptionRecord | None, thumb: str | None, warnings: list[str]) -> str:
+def kept_figure(rec: CompositeRecord, cap: CaptionRecord | None, thumb: str | None, warnings: list[str],
+                up: str = "") -> str:
+    """One kept set. ``up`` leads from the page to OUT ("" for gallery.html, "../" for gallery/*.html)."""
     stem = file_stem(rec.set_id)
     boxes = []
     for tag, (x0, y0, x1, y1) in zip(rec.panel_tags, rec.panel_boxes, strict=False):
@@ -133,7 +140,7 @@ def kept_figure(rec: CompositeRecord, cap: CaptionRecord | None, thumb: str | No
                  f"width:{100 * (x1 - x0) / rec.width:.4f}%;height:{100 * (y1 - y0) / rec.height:.4f}%")
         boxes.append(f'<span class="box" data-box="{x0},{y0},{x1},{y1}" style="{style}">'
                      f'<span class="tag-label">{esc(tag)}</span></span>')
-    image = (f'<img class="thumb" src="{esc(GALLERY_DIR)}/{esc(thumb)}" alt="composite of {esc(rec.set_id)}" '
+    image = (f'<img class="thumb" src="{up}{esc(GALLERY_DIR)}/{esc(thumb)}" alt="composite of {esc(rec.set_id)}" '
              f'width="{rec.width}" height="{rec.height}" loading="lazy">' if thumb
              else '<span class="placeholder">no preview</span>')
     if cap is not None and cap.status == "ok":
@@ -145,20 +152,22 @@ def kept_figure(rec: CompositeRecord, cap: CaptionRecord | None, thumb: str | No
     warn = ("<ul class=\"warnings\">" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>") if warnings else ""
     meta = f"{rec.rows}x{rec.cols} grid · {rec.width}x{rec.height}" + (f" · {esc(rec.preset)}" if rec.preset else "")
     return (f'<figure class="set kept" id="set-{esc(stem)}" data-set-id="{esc(rec.set_id)}">'
-            f'<a class="frame" href="composites/{esc(rec.image)}">{image}{"".join(boxes)}</a>'
+            f'<a class="frame" href="{up}composites/{esc(rec.image)}">{image}{"".join(boxes)}</a>'
             f'<figcaption><div class="set-id">{esc(rec.set_id)}</div><div class="meta">{meta}</div>'
             f"{caption}{warn}</figcaption></figure>")
 
 
-def rejected_article(entry: dict[str, Any], file_reasons: dict[str, str], thumbs: dict[str, str | None]) -> str:
+def rejected_article(entry: Mapping[str, Any], file_reasons: Mapping[str, str], thumbs: Mapping[str, str | None],
+                     up: str = "", kept_link: Callable[[str], str] | None = None) -> str:
     status = entry.get("status", "rejected")
     dup = entry.get("duplicate_of")
-    dup_html = (f'<p class="dup">duplicate of <a href="#set-{esc(file_stem(dup))}">{esc(dup)}</a></p>'
+    where = kept_link(dup) if kept_link is not None and dup else ""
+    dup_html = (f'<p class="dup">duplicate of <a href="{esc(where)}#set-{esc(file_stem(dup))}">{esc(dup)}</a></p>'
                 if dup else "")
     items = []
     for f in entry.get("files", []):
         thumb = thumbs.get(f)
-        img = (f'<img src="{esc(GALLERY_DIR)}/{esc(thumb)}" alt="{esc(f)}" loading="lazy">' if thumb
+        img = (f'<img src="{up}{esc(GALLERY_DIR)}/{esc(thumb)}" alt="{esc(f)}" loading="lazy">' if thumb
                else '<span class="placeholder">no preview</span>')
         reason = file_reasons.get(f, "")
         items.append(f'<li>{img}<div class="path">{esc(f)}</div>'
@@ -169,78 +178,189 @@ def rejected_article(entry: dict[str, Any], file_reasons: dict[str, str], thumbs
             f'<ul class="files">{"".join(items)}</ul></article>')
 
 
-def write_gallery(out: Path) -> Path:
-    """Write ``OUT/gallery.html`` and its thumbnails in ``OUT/gallery/``; returns the page's path."""
-    out = Path(out)
-    report = read_json(out / "report.json", "the report")
-    try:
-        build = json.loads((out / "build.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        build = {}  # the gallery may be written before the manifest; it only names the source
-    source = Path(build["source"]) if build.get("source_kind", "folder") == "folder" and build.get("source") else None
-    thumbs_dir = out / GALLERY_DIR
-    thumbs_dir.mkdir(parents=True, exist_ok=True)
-    referenced: set[str] = set()
+class _Fields(Mapping[str, Any]):
+    """A record seen as a read-only mapping of its fields (the gallery reads dicts and records alike)."""
 
-    sets = report.get("sets", [])
-    composites = {rec.set_id: rec for rec in load_composites(out)}
-    captions = load_captions(out)
-    figures = []
-    for entry in sets:
-        if entry.get("status") != "kept" or entry["set_id"] not in composites:
-            continue
-        rec = composites[entry["set_id"]]
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any):
+        self._record = record
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self._record, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Any:
+        return iter(f.name for f in dataclasses.fields(self._record))
+
+    def __len__(self) -> int:
+        return len(dataclasses.fields(self._record))
+
+
+def _as_mapping(entry: Any) -> Mapping[str, Any]:
+    return entry if isinstance(entry, Mapping) else _Fields(entry)
+
+
+PAGE_SETS = 200  # sets per page: a 10,000-set build is 50 light pages, not one 7 MB page
+PAGE_IGNORED = 1000
+
+
+def _pages(count: int, size: int) -> int:
+    return max(1, -(-count // size))
+
+
+def _page_file(section: str, page: int) -> str:
+    """Page ``page`` (1-based) of a section, relative to OUT: page 1 of every section is gallery.html."""
+    return GALLERY_PAGE if page == 1 else f"{GALLERY_DIR}/{section}-{page}.html"
+
+
+def _page_link(section: str, page: int, up: str) -> str:
+    if page == 1:
+        return f"{up}{GALLERY_PAGE}"
+    return f"{section}-{page}.html" if up else f"{GALLERY_DIR}/{section}-{page}.html"
+
+
+def _nav(section: str, count: int, size: int, current: int, up: str) -> str:
+    pages = _pages(count, size)
+    if pages == 1:
+        return ""
+    links = [f"<b>{n}</b>" if n == current else f'<a href="{esc(_page_link(section, n, up))}">{n}</a>'
+             for n in range(1, pages + 1)]
+    return f'<nav class="pages" data-section="{section}">pages: {" ".join(links)}</nav>'
+
+
+def stage_gallery(dest: Path, layout: OutDir, *, sets: Sequence[Any], files: Sequence[Any], counts: Mapping[str, int],
+                  kept: Sequence[CompositeRecord], captions: Mapping[str, CaptionRecord], build: Mapping[str, Any],
+                  composite_file: Callable[[CompositeRecord], Path]) -> None:
+    """Write the gallery into the new folder ``dest`` (``gallery.html`` and ``gallery/``), for
+    ``commit_gallery`` to put in place. Thumbnails come from the run store (made while composing) and
+    are hard-linked; a page holds at most PAGE_SETS sets, so memory and page size stay flat."""
+    store = RunStore(layout.root)
+    # report entries as they are (dicts from report.json, or the build's records): no copy of the ledger
+    entries = [_as_mapping(s) for s in sets]
+    file_list = [_as_mapping(f) for f in files]
+    source = (Path(build["source"]) if build.get("source_kind", "folder") == "folder" and build.get("source")
+              else None)
+    thumbs_dir = dest / GALLERY_DIR
+    (thumbs_dir / "files").mkdir(parents=True, exist_ok=True)
+
+    status = {e["set_id"]: e for e in entries}
+    shown = [rec for rec in kept if status.get(rec.set_id, {}).get("status") == "kept"]
+    kept_page = {rec.set_id: _page_file("kept", i // PAGE_SETS + 1) for i, rec in enumerate(shown)}
+    file_reasons = {f["path"]: f.get("reason", "") for f in file_list if f.get("status") in ("rejected", "duplicate")}
+    others = sorted((e for e in entries if e.get("status") in ("duplicate", "rejected")),
+                    key=lambda e: (e.get("status") != "duplicate", e.get("set_id", "")))
+    ignored = [f for f in file_list if f.get("status") == "ignored"]
+    config = build.get("config")
+    title = str((publish_setting(dict(config), "name") if isinstance(config, Mapping) else None)
+                or layout.root.resolve().name)
+
+    def thumb_of(rec: CompositeRecord) -> str | None:
+        stored = store.object_path("thumbs", rec.key, ".jpg")
+        if not stored.is_file() and not make_thumbnail(composite_file(rec), stored):
+            return None
         name = f"{file_stem(rec.set_id)}.jpg"
-        ok = make_thumbnail(composites_dir(out) / rec.image, thumbs_dir / name)
-        if ok:
-            referenced.add(name)
-        figures.append((rec.set_id, kept_figure(rec, captions.get(rec.set_id), name if ok else None,
-                                                entry.get("warnings", []))))
-    figures.sort(key=lambda item: item[0])
+        os.link(stored, thumbs_dir / name)
+        return name
 
-    file_reasons = {f["path"]: f.get("reason", "") for f in report.get("files", [])}
-    others = sorted((s for s in sets if s.get("status") in ("duplicate", "rejected")),
-                    key=lambda s: (s.get("status") != "duplicate", s.get("set_id", "")))
-    thumbs: dict[str, str | None] = {}
-    for entry in others:
+    def file_thumbs(entry: Mapping[str, Any]) -> dict[str, str | None]:
+        found: dict[str, str | None] = {}
         for f in entry.get("files", []):
             src = source_file(source, f)
+            found[f] = None
+            if src is None:
+                continue
+            st = src.stat()
+            stored = store.object_path("thumbs", content_key("file", str(src), st.st_size, st.st_mtime_ns), ".jpg")
             name = f"files/{content_key(f)[:20]}.jpg"
-            ok = src is not None and make_thumbnail(src, thumbs_dir / name)
-            thumbs[f] = name if ok else None
-            if ok:
-                referenced.add(name)
-    ignored = [f for f in report.get("files", []) if f.get("status") == "ignored"]
+            if make_thumbnail(src, stored):
+                if not (thumbs_dir / name).exists():
+                    os.link(stored, thumbs_dir / name)
+                found[f] = name
+        return found
 
-    for stale in thumbs_dir.rglob("*.jpg"):
-        if stale.relative_to(thumbs_dir).as_posix() not in referenced:
-            stale.unlink()
+    def page(section: str, number: int, body: str) -> None:
+        up = "" if number == 1 else "../"
+        count_html = "".join(f'<span class="count-{esc(k)}">{esc(k)} <b>{esc(counts.get(k, 0))}</b></span>'
+                             for k in ("files", "sets", "kept", "duplicate", "rejected"))
+        head = [
+            "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>iclora gallery: {esc(title)}</title><style>{CSS}</style></head><body>",
+            f'<header><h1>{esc(title)}</h1><div class="counts">{count_html}</div>',
+            '<label><input type="checkbox" id="show-boxes"> show all panel boxes</label> '
+            '<span class="meta">(hover a composite to see its panels)</span>'
+            + (f' <a href="{up}{GALLERY_PAGE}">first page</a>' if up else "") + "</header>",
+        ]
+        path = dest / (GALLERY_PAGE if number == 1 and section == "index" else f"{GALLERY_DIR}/{section}-{number}.html")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join([*head, body, f"<script>{JS}</script></body></html>"]) + "\n")
+        os.chmod(path, FILE_MODE)
 
-    counts = report.get("counts", {})
-    config = build.get("config")
-    title = str((publish_setting(config, "name") if isinstance(config, dict) else None) or out.resolve().name)
-    count_html = "".join(f'<span class="count-{esc(k)}">{esc(k)} <b>{esc(counts.get(k, 0))}</b></span>'
-                         for k in ("files", "sets", "kept", "duplicate", "rejected"))
-    page = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>iclora gallery: {esc(title)}</title><style>{CSS}</style></head><body>",
-        f'<header><h1>{esc(title)}</h1><div class="counts">{count_html}</div>',
-        '<label><input type="checkbox" id="show-boxes"> show all panel boxes</label> '
-        '<span class="meta">(hover a composite to see its panels)</span></header>',
-        f'<h2 id="kept">Kept sets ({len(figures)})</h2>',
-        ('<div class="grid">' + "".join(f for _, f in figures) + "</div>") if figures
-        else '<p class="empty">No set was kept.</p>',
-        f'<h2 id="rejects">Duplicates and rejects ({len(others)})</h2>',
-        ('<div class="rejects">' + "".join(rejected_article(e, file_reasons, thumbs) for e in others) + "</div>")
-        if others else '<p class="empty">None.</p>',
-        f'<h2 id="ignored">Ignored files ({len(ignored)})</h2>',
-        ('<table class="ignored"><tr><th>file</th><th>why</th></tr>'
-         + "".join(f'<tr><td>{esc(f["path"])}</td><td>{esc(f.get("reason", ""))}</td></tr>' for f in ignored)
-         + "</table>") if ignored else '<p class="empty">None.</p>',
-        f"<script>{JS}</script></body></html>",
-    ]
-    path = out / "gallery.html"
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(page) + "\n", encoding="utf-8")
-    return path
+    def kept_html(number: int, up: str) -> str:
+        chunk = shown[(number - 1) * PAGE_SETS:number * PAGE_SETS]
+        figures = "".join(kept_figure(rec, captions.get(rec.set_id), thumb_of(rec),
+                                      status[rec.set_id].get("warnings", []), up) for rec in chunk)
+        nav = _nav("kept", len(shown), PAGE_SETS, number, up)
+        return (f'<h2 id="kept">Kept sets ({len(shown)})</h2>{nav}'
+                + (f'<div class="grid">{figures}</div>' if figures else '<p class="empty">No set was kept.</p>'))
+
+    def others_html(number: int, up: str) -> str:
+        chunk = others[(number - 1) * PAGE_SETS:number * PAGE_SETS]
+        here = _page_file("rejects", number)
+
+        def link(set_id: str) -> str:  # the kept set's page, relative to this one ("" when it is this one)
+            target = kept_page.get(set_id, GALLERY_PAGE)
+            return "" if target == here else up + target
+
+        articles = "".join(rejected_article(e, file_reasons, file_thumbs(e), up, link) for e in chunk)
+        nav = _nav("rejects", len(others), PAGE_SETS, number, up)
+        return (f'<h2 id="rejects">Duplicates and rejects ({len(others)})</h2>{nav}'
+                + (f'<div class="rejects">{articles}</div>' if articles else '<p class="empty">None.</p>'))
+
+    def ignored_html(number: int) -> str:
+        chunk = ignored[(number - 1) * PAGE_IGNORED:number * PAGE_IGNORED]
+        nav = _nav("ignored", len(ignored), PAGE_IGNORED, number, "" if number == 1 else "../")
+        rows = "".join(f'<tr><td>{esc(f["path"])}</td><td>{esc(f.get("reason", ""))}</td></tr>' for f in chunk)
+        return (f'<h2 id="ignored">Ignored files ({len(ignored)})</h2>{nav}'
+                + (f'<table class="ignored"><tr><th>file</th><th>why</th></tr>{rows}</table>' if rows
+                   else '<p class="empty">None.</p>'))
+
+    # gallery.html: the first page of every section; the rest on pages of their own
+    page("index", 1, kept_html(1, "") + others_html(1, "") + ignored_html(1))
+    for n in range(2, _pages(len(shown), PAGE_SETS) + 1):
+        page("kept", n, kept_html(n, "../"))
+    for n in range(2, _pages(len(others), PAGE_SETS) + 1):
+        page("rejects", n, others_html(n, "../"))
+    for n in range(2, _pages(len(ignored), PAGE_IGNORED) + 1):
+        page("ignored", n, ignored_html(n))
+
+
+def commit_gallery(staged: Path, layout: OutDir) -> None:
+    """Put a staged gallery in place: the folder first (pages and thumbnails), then the page that links it."""
+    from iclora_data.publish import replace_dir
+
+    replace_dir(staged / GALLERY_DIR, layout.gallery)
+    os.replace(staged / GALLERY_PAGE, layout.gallery_page)
+
+
+def write_gallery(out: Path) -> Path:
+    """Write ``OUT/gallery.html`` and ``OUT/gallery/`` from a finished OUT folder; returns the page's path."""
+    layout = OutDir(out)
+    report = read_json(layout.report, "the report")
+    try:
+        build = json.loads(layout.build.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        build = {}  # the gallery may be written before the manifest; it only names the source
+    composites = load_composites(layout.root)
+    staging = temp_dir(layout.root, "gallery")
+    try:
+        stage_gallery(staging, layout, sets=report.get("sets", []), files=report.get("files", []),
+                      counts=report.get("counts", {}), kept=composites, captions=load_captions(layout.root),
+                      build=build, composite_file=lambda rec: layout.composite_image(rec.image))
+        commit_gallery(staging, layout)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return layout.gallery_page

@@ -18,6 +18,10 @@ from PIL import Image
 from iclora_data.presets import Preset, default_panel_tags, get_preset
 
 MULTIPLE = 16
+# Automatic layouts make the whole composite a multiple of this, so that LoRA trainers bucket it
+# at its own size: kohya sd-scripts' default bucket step is 64 (FLUX needs a multiple of 32),
+# ai-toolkit buckets FLUX images in steps of 32. Every preset's size is a multiple of 64 too.
+TRAINER_MULTIPLE = 64
 AUTO_PIXELS = 1024 * 1024  # target area of an automatic layout
 FitMode = Literal["crop", "pad"]
 Box = tuple[int, int, int, int]
@@ -87,6 +91,16 @@ def round16(x: float) -> int:
     return max(MULTIPLE, int(round(x / MULTIPLE)) * MULTIPLE)
 
 
+def panel_step(count: int, multiple: int = TRAINER_MULTIPLE) -> int:
+    """Smallest step for a panel side (a multiple of 16) such that ``count`` panels in a row
+    span a multiple of ``multiple``: 64 for 1 or 3 panels, 32 for 2, 16 for 4."""
+    return math.lcm(MULTIPLE, multiple // math.gcd(multiple, count))
+
+
+def round_to(x: float, step: int) -> int:
+    return max(step, int(round(x / step)) * step)
+
+
 def auto_grid(n: int, panel_aspect: float) -> tuple[int, int]:
     """Grid for ``n`` panels without a preset. ``panel_aspect`` is width / height.
 
@@ -104,11 +118,12 @@ def auto_grid(n: int, panel_aspect: float) -> tuple[int, int]:
 
 
 def auto_layout(rows: int, cols: int, panel_aspect: float, pixels: int = AUTO_PIXELS) -> Layout:
-    """A ``rows x cols`` layout of about ``pixels`` in all, panels near ``panel_aspect``."""
+    """A ``rows x cols`` layout of about ``pixels`` in all, panels near ``panel_aspect``; both
+    sides of the composite are multiples of ``TRAINER_MULTIPLE`` (see ``panel_step``)."""
     aspect = min(max(panel_aspect, 0.25), 4.0)  # keep panoramas and slivers usable
     panel_area = pixels / (rows * cols)
-    pw = round16(math.sqrt(panel_area * aspect))
-    ph = round16(panel_area / pw)
+    pw = round_to(math.sqrt(panel_area * aspect), panel_step(cols))
+    ph = round_to(math.sqrt(panel_area / aspect), panel_step(rows))
     return Layout(rows, cols, pw * cols, ph * rows)
 
 

@@ -1,7 +1,8 @@
-"""Progress of long stages, reported to whoever listens (the CLI's rich display).
+"""Progress of a build's stages, reported to a listener the caller passes (the CLI's rich display).
 
-Stages call ``progress().start/advance``; the default listener does nothing, so library
-code and flows run the same with or without a terminal."""
+The build calls the listener from the driver only, as shard results arrive (docs/ARCHITECTURE.md,
+"Progress"), so it moves the same way under threads, processes, Prefect or Ray, where a worker
+could not reach the terminal. There is no global listener."""
 
 from __future__ import annotations
 
@@ -13,21 +14,11 @@ class ProgressListener(Protocol):
     def advance(self, stage: str, n: int = 1) -> None: ...
 
 
-class _Silent:
+class SilentProgress:
+    """The listener of a build that nobody watches."""
+
     def start(self, stage: str, total: int) -> None:
         pass
 
     def advance(self, stage: str, n: int = 1) -> None:
         pass
-
-
-_listener: ProgressListener = _Silent()
-
-
-def progress() -> ProgressListener:
-    return _listener
-
-
-def set_progress(listener: ProgressListener | None) -> None:
-    global _listener
-    _listener = listener or _Silent()

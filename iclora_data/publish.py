@@ -14,21 +14,22 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iclora_data.errors import IcloraError
+from iclora_data.outdir import TEMP_PREFIX, composites_dir
 from iclora_data.presets import PRESETS
 from iclora_data.records import (
     CaptionRecord,
     CompositeRecord,
-    composites_dir,
     load_captions,
     load_composites,
 )
+from iclora_data.store import DIR_MODE, FILE_MODE, temp_dir
 
 if TYPE_CHECKING:
     import datasets
@@ -107,7 +108,7 @@ def load_finished_build(out: Path) -> FinishedBuild:
 
 
 def dataset_features() -> datasets.Features:
-    """The columns of DESIGN.md, typed."""
+    """The dataset's columns (docs/ARCHITECTURE.md, "The dataset"; the card lists them), typed."""
     from datasets import Features, Image, Sequence, Value
 
     text = Value("string")
@@ -160,8 +161,7 @@ def row_task(rec: CompositeRecord) -> str:
     return preset.task if preset else ""
 
 
-def make_row(out: Path, rec: CompositeRecord, cap: CaptionRecord | None) -> dict[str, Any]:
-    image_path = composites_dir(out) / rec.image
+def make_row(image_path: Path, rec: CompositeRecord, cap: CaptionRecord | None) -> dict[str, Any]:
     return {
         # the JPEG's own bytes: pixel-exact, nothing re-encoded
         "image": {"bytes": image_path.read_bytes(), "path": rec.image},
@@ -200,7 +200,7 @@ def shard_name(index: int, count: int) -> str:
     return f"data/{SPLIT}-{index:05d}-of-{count:05d}.parquet"
 
 
-def write_shard(path: Path, out: Path, rows: list[Row],
+def write_shard(path: Path, image_path: Callable[[CompositeRecord], Path], rows: list[Row],
                 schema: pa.Schema) -> int:
     """Stream ``rows`` into one parquet file, a row group at a time. Returns the arrow bytes written."""
     import pyarrow as pa
@@ -219,7 +219,7 @@ def write_shard(path: Path, out: Path, rows: list[Row],
             batch, batch_bytes = [], 0
 
         for rec, cap in rows:
-            row = make_row(out, rec, cap)
+            row = make_row(image_path(rec), rec, cap)
             batch.append(row)
             batch_bytes += len(row["image"]["bytes"])
             if len(batch) >= ROW_GROUP_ROWS or batch_bytes >= ROW_GROUP_BYTES:
@@ -233,7 +233,7 @@ def replace_dir(new: Path, final: Path) -> None:
     """Put the finished folder ``new`` at ``final``, keeping the old one until the new is in place."""
     old: Path | None = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old = temp_dir(final.parent, f"{final.name}.old")
         os.replace(final, old / final.name)
     os.replace(new, final)
     if old is not None:
@@ -242,13 +242,22 @@ def replace_dir(new: Path, final: Path) -> None:
 
 def remove_stale_temps(out: Path) -> None:
     """Leftovers of an interrupted write (callers hold the OUT lock, so none is in use)."""
-    for stale in [*out.glob(f".{DATASET_DIR}.tmp-*"), *out.glob(f".{DATASET_DIR}.old-*")]:
+    for stale in [*out.glob(f".{DATASET_DIR}.tmp-*"), *out.glob(f".{DATASET_DIR}.old-*"),
+                  *out.glob(f"{TEMP_PREFIX}{DATASET_DIR}.*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
 
 def dataset_name(build: FinishedBuild) -> str:
     config = build.build.get("config")
     return str((publish_setting(config, "name") if isinstance(config, dict) else None) or build.out.resolve().name)
+
+
+def remove_dir(folder: Path) -> None:
+    """Remove a published folder by renaming it aside first, so no reader sees it half deleted."""
+    if folder.exists():
+        stale = temp_dir(folder.parent, f"{folder.name}.old")
+        os.replace(folder, stale / folder.name)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_dataset(out: Path, *, max_shard_bytes: int = 500 * 2**20, require_captions: bool = True) -> DatasetSummary:
@@ -263,41 +272,52 @@ def write_dataset(out: Path, *, max_shard_bytes: int = 500 * 2**20, require_capt
     if max_shard_bytes < 1:
         raise PublishError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     build = load_finished_build(out)
-    rows, failed, missing = select_rows(build, require_captions)
     remove_stale_temps(out)
+    tmp = temp_dir(out, DATASET_DIR)
+    try:
+        summary = stage_dataset(build, tmp, image_path=lambda rec: composites_dir(out) / rec.image,
+                                require_captions=require_captions, max_shard_bytes=max_shard_bytes)
+        if summary.rows:
+            replace_dir(tmp, out / DATASET_DIR)
+        else:
+            # datasets cannot load a split without rows: write nothing, and drop a dataset of an earlier build
+            remove_dir(out / DATASET_DIR)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def stage_dataset(build: FinishedBuild, dest: Path, *, image_path: Callable[[CompositeRecord], Path],
+                  require_captions: bool = True, max_shard_bytes: int = 500 * 2**20) -> DatasetSummary:
+    """Write the dataset of ``build`` into the new folder ``dest`` (nothing when it has no row). The
+    build's commit step and ``write_dataset`` then put it in place. ``image_path`` says where each
+    composite's file is (the run store during a build, ``OUT/composites/`` after)."""
+    rows, failed, missing = select_rows(build, require_captions)
+    final = build.out / DATASET_DIR
     if not rows:
-        # datasets cannot load a split without rows: write nothing, and drop a dataset of an earlier build
-        if (out / DATASET_DIR).exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{DATASET_DIR}.old-", dir=out))
-            os.replace(out / DATASET_DIR, stale / DATASET_DIR)
-            shutil.rmtree(stale, ignore_errors=True)
-        return DatasetSummary(path=out / DATASET_DIR, rows=0, shards=[], download_size=0, dataset_size=0,
+        return DatasetSummary(path=final, rows=0, shards=[], download_size=0, dataset_size=0,
                               captioned=False, caption_failed=failed, caption_missing=missing)
     features = dataset_features()
     schema = features.arrow_schema  # carries the datasets feature types in its metadata
 
-    sizes = [(composites_dir(out) / rec.image).stat().st_size + ROW_OVERHEAD_BYTES for rec, _ in rows]
+    sizes = [image_path(rec).stat().st_size + ROW_OVERHEAD_BYTES for rec, _ in rows]
     shards = plan_shards(sizes, max_shard_bytes)
     names = [shard_name(i, len(shards)) for i in range(len(shards))]
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DATASET_DIR}.tmp-", dir=out))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be read by others
-        (tmp / "data").mkdir()
-        arrow_bytes = 0
-        for name, part in zip(names, shards, strict=True):
-            arrow_bytes += write_shard(tmp / name, out, [rows[i] for i in part], schema)
-        summary = DatasetSummary(
-            path=out / DATASET_DIR, rows=len(rows), shards=names,
-            download_size=sum((tmp / n).stat().st_size for n in names), dataset_size=arrow_bytes,
-            captioned=any(cap is not None for _, cap in rows), caption_failed=failed, caption_missing=missing)
-        card = dataset_card(summary, build.build, build.report, layouts=layout_counts(rec for rec, _ in rows),
-                            name=dataset_name(build))
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        replace_dir(tmp, out / DATASET_DIR)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(DIR_MODE)  # the dataset is meant to be read by others
+    (dest / "data").mkdir(exist_ok=True)
+    arrow_bytes = 0
+    for name, part in zip(names, shards, strict=True):
+        arrow_bytes += write_shard(dest / name, image_path, [rows[i] for i in part], schema)
+        os.chmod(dest / name, FILE_MODE)
+    summary = DatasetSummary(
+        path=final, rows=len(rows), shards=names,
+        download_size=sum((dest / n).stat().st_size for n in names), dataset_size=arrow_bytes,
+        captioned=any(cap is not None for _, cap in rows), caption_failed=failed, caption_missing=missing)
+    card = dataset_card(summary, build.build, build.report, layouts=layout_counts(rec for rec, _ in rows),
+                        name=dataset_name(build))
+    (dest / "README.md").write_text(card, encoding="utf-8")
+    os.chmod(dest / "README.md", FILE_MODE)
     return summary
 
 

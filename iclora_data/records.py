@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from iclora_data.outdir import captions_dir, composites_dir
+
 SetStatus = Literal["kept", "duplicate", "rejected"]
 FileStatus = Literal["used", "duplicate", "rejected", "ignored"]
 
@@ -43,14 +45,6 @@ def file_stem(set_id: str) -> str:
     return f"{safe[:100]}-{hashlib.sha256(set_id.encode('utf-8')).hexdigest()[:8]}"
 
 
-def captions_dir(out: Path) -> Path:
-    return Path(out) / "captions"
-
-
-def composites_dir(out: Path) -> Path:
-    return Path(out) / "composites"
-
-
 @dataclass
 class FileEntry:
     """One file under SOURCE in the ledger."""
@@ -75,6 +69,26 @@ class SourceSet:
     meta_files: list[str] = field(default_factory=list)  # set.json, caption.txt: ledger paths
     rejection: str | None = None  # set-level problem found at ingest (missing file, bad set.json)
     composite_grid: str | None = None  # "RxC": the one file is a ready composite of that grid (sources/composite.py)
+
+
+@dataclass
+class Shard:
+    """A group of sets that one task handles: the unit the executors map over (docs/ARCHITECTURE.md)."""
+
+    index: int
+    sets: list[SourceSet]
+
+    def name(self, stage: str) -> str:
+        """``prepare shard 3 (a … f, 100 sets)``: which sets a task holds, for logs and the Prefect UI."""
+        return shard_name(stage, self.index, [s.set_id for s in self.sets])
+
+
+def shard_name(stage: str, index: int, set_ids: list[str]) -> str:
+    n = len(set_ids)
+    if n == 0:
+        return f"{stage} shard {index} (empty)"
+    span = set_ids[0] if n == 1 else f"{set_ids[0]} … {set_ids[-1]}"
+    return f"{stage} shard {index} ({span[:120]}, {n} set{'s' if n != 1 else ''})"
 
 
 @dataclass
@@ -129,6 +143,20 @@ class PreparedSet:
     rejection: str | None = None  # why the whole set is rejected
     file_reasons: dict[str, str] = field(default_factory=dict)  # ledger path -> why that file is unusable
     decoded: int = 0  # images decoded in this run (0 when everything came from the store)
+
+
+@dataclass
+class PreparedShard:
+    """What the prepare stage returns for one shard: its sets, and what it learnt for the stat cache
+    (rows that the driver, the one writer, puts in ``StatCache``)."""
+
+    index: int
+    sets: list[PreparedSet]
+    stat_rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @property
+    def decoded(self) -> int:
+        return sum(p.decoded for p in self.sets)
 
 
 @dataclass

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from iclora_data.ingest import IngestResult
+from iclora_data.outdir import OutDir
 from iclora_data.records import FileEntry, FileStatus, PreparedSet, SetDecision, SetEntry, to_dict
-from iclora_data.store import atomic_write_json
+from iclora_data.store import FILE_MODE, atomic_write_json
 
 REPORT_VERSION = 1
 
@@ -68,8 +72,10 @@ def file_entries(ingested: IngestResult, sets: Sequence[SetEntry],
     return sorted(files.values(), key=lambda f: f.path)
 
 
-def build_report(ingested: IngestResult, prepared: Sequence[PreparedSet],
-                 decisions: Mapping[str, SetDecision]) -> dict[str, Any]:
+def build_report_entries(
+    ingested: IngestResult, prepared: Sequence[PreparedSet], decisions: Mapping[str, SetDecision],
+) -> tuple[list[SetEntry], list[FileEntry], dict[str, int]]:
+    """The ledger's set entries, file entries and counts."""
     by_id = {p.set_id: p for p in prepared}
     sets = set_entries(ingested, by_id, decisions)
     files = file_entries(ingested, sets, by_id)
@@ -77,11 +83,42 @@ def build_report(ingested: IngestResult, prepared: Sequence[PreparedSet],
               "kept": sum(s.status == "kept" for s in sets),
               "duplicate": sum(s.status == "duplicate" for s in sets),
               "rejected": sum(s.status == "rejected" for s in sets)}
+    return sets, files, counts
+
+
+def build_report(ingested: IngestResult, prepared: Sequence[PreparedSet],
+                 decisions: Mapping[str, SetDecision]) -> dict[str, Any]:
+    """The whole ledger as one dict (small builds and tests; the build streams it instead)."""
+    sets, files, counts = build_report_entries(ingested, prepared, decisions)
     return {"version": REPORT_VERSION, "counts": counts,
             "sets": [to_dict(s) for s in sets], "files": [to_dict(f) for f in files]}
 
 
+def write_report_stream(path: Path, counts: Mapping[str, int], sets: Iterable[SetEntry],
+                        files: Iterable[FileEntry]) -> str:
+    """Write the ledger to ``path`` one entry per line, never holding it as one string; returns the
+    sha256 of what was written (the build compares it with the last commit's)."""
+    digest = hashlib.sha256()
+    with open(path, "w", encoding="utf-8") as f:
+        def put(text: str) -> None:
+            f.write(text)
+            digest.update(text.encode("utf-8"))
+
+        put(f'{{\n  "version": {REPORT_VERSION},\n  "counts": {json.dumps(dict(counts))},\n')
+        for key, entries in (("sets", sets), ("files", files)):
+            put(f'  "{key}": [')
+            first = True
+            for entry in entries:
+                put(("\n    " if first else ",\n    ") + json.dumps(to_dict(entry), ensure_ascii=False))
+                first = False
+            put("\n  ]" if not first else "]")
+            put(",\n" if key == "sets" else "\n")
+        put("}\n")
+    os.chmod(path, FILE_MODE)
+    return digest.hexdigest()
+
+
 def write_report(out: Path, report: Mapping[str, Any]) -> Path:
-    path = Path(out) / "report.json"
+    path = OutDir(out).report
     atomic_write_json(path, report)
     return path

@@ -15,7 +15,8 @@ from tests._images import image_set
 
 REPO = Path(__file__).resolve().parents[1]
 # the temporary names store.atomic_write_* and atomic_path give a file before renaming it into place
-PARTIAL_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+# (the marker prefix; and the names of older versions)
+PARTIAL_NAME = re.compile(r"^(\.iclora-tmp-.*|\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?)$")
 
 
 def many_sets(root: Path, count: int, start: int = 0, seed: int = 5000) -> Path:

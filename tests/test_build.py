@@ -1,5 +1,5 @@
 """The data core end to end: `build --until compose` over a SOURCE full of the bad input users
-meet, and the ledger that must account for every file."""
+meet, and the ledger that must account for every file. The library's ``run_build``, no Prefect."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import pytest
 from PIL import Image
 
 from tests._images import exif_rotated_jpeg, image_set, picture, png_declaring, save, truncated_jpeg
-
-pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _good(folder: Path, seed: int, n: int = 1) -> None:
@@ -73,10 +71,10 @@ def messy_source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def built(messy_source, tmp_path_factory) -> tuple[Path, dict, dict]:
-    from flows.build_dataset import build_dataset
+    from iclora_data.build import run_build
 
     out = tmp_path_factory.mktemp("out")
-    result = build_dataset(str(messy_source), str(out), {"until": "compose"})
+    result = run_build(str(messy_source), str(out), {"until": "compose"}).as_dict()
     report = json.loads((out / "report.json").read_text())
     return out, report, result
 
@@ -224,41 +222,41 @@ def test_animated_gif_uses_first_frame(built):
 
 
 def test_second_build_on_unchanged_source_decodes_nothing(messy_source, built):
-    from flows.build_dataset import build_dataset
+    from iclora_data.build import run_build
 
     out, report, first = built
     assert first["decoded_images"] > 0
     before = {p.name: p.read_bytes() for p in (out / "composites").iterdir()}
-    second = build_dataset(str(messy_source), str(out), {"until": "compose"})
+    second = run_build(str(messy_source), str(out), {"until": "compose"}).as_dict()
     assert second["decoded_images"] == 0
     assert json.loads((out / "report.json").read_text()) == report
     assert {p.name: p.read_bytes() for p in (out / "composites").iterdir()} == before
 
 
 def test_removed_set_leaves_out(tmp_path):
-    from flows.build_dataset import build_dataset
+    from iclora_data.build import run_build
 
     src, out = tmp_path / "src", tmp_path / "out"
     image_set(src / "a", [50, 51])
     image_set(src / "b", [52, 53])
-    build_dataset(str(src), str(out), {"until": "compose"})
+    run_build(str(src), str(out), {"until": "compose"}).as_dict()
     assert (out / "composites" / "b.jpg").exists()
     for p in (src / "b").iterdir():
         p.unlink()
     (src / "b").rmdir()
-    result = build_dataset(str(src), str(out), {"until": "compose"})
+    result = run_build(str(src), str(out), {"until": "compose"}).as_dict()
     assert result["counts"]["sets"] == 1 and not (out / "composites" / "b.jpg").exists()
     assert sorted(p.name for p in (out / "composites").iterdir()) == ["a.jpg", "a.json"]
 
 
 def test_preset_panel_count_mismatch_is_rejected_at_ingest(tmp_path):
-    from flows.build_dataset import build_dataset
+    from iclora_data.build import run_build
 
     src = tmp_path / "src"
     image_set(src / "nine", list(range(60, 69)))
     image_set(src / "three", [70, 71, 72], size=(640, 320))
-    result = build_dataset(str(src), str(tmp_path / "out"),
-                           {"until": "compose", "compose": {"preset": "film-storyboard"}})
+    result = run_build(str(src), str(tmp_path / "out"),
+                       {"until": "compose", "compose": {"preset": "film-storyboard"}}).as_dict()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     nine = set_of(report, "nine")
     assert nine["status"] == "rejected"
@@ -269,14 +267,14 @@ def test_preset_panel_count_mismatch_is_rejected_at_ingest(tmp_path):
 
 
 def test_set_json_gives_order_preset_and_hints(tmp_path):
-    from flows.build_dataset import build_dataset
+    from iclora_data.build import run_build
 
     src = tmp_path / "src"
     image_set(src / "s", [80, 81], size=(600, 600))
     (src / "s" / "set.json").write_text(json.dumps({"preset": "couple-profile", "order": ["2.jpg", "1.jpg"],
                                                      "panels": ["the groom", "the bride"]}))
     (src / "s" / "caption.txt").write_text("A wedding portrait pair.\n")
-    build_dataset(str(src), str(tmp_path / "out"), {"until": "compose"})
+    run_build(str(src), str(tmp_path / "out"), {"until": "compose"}).as_dict()
     meta = json.loads((tmp_path / "out" / "composites" / "s.json").read_text())
     assert meta["source_files"] == ["s/2.jpg", "s/1.jpg"]
     assert meta["preset"] == "couple-profile" and meta["panel_tags"] == ["[LEFT]", "[RIGHT]"]
@@ -288,7 +286,7 @@ def test_set_json_gives_order_preset_and_hints(tmp_path):
 
 
 def test_manifest_rejects_escaping_and_missing_paths(tmp_path):
-    from flows.build_dataset import build_dataset
+    from iclora_data.build import run_build
 
     base = tmp_path / "data"
     image_set(base / "imgs", [90, 91, 92, 93])
@@ -299,7 +297,7 @@ def test_manifest_rejects_escaping_and_missing_paths(tmp_path):
         {"set_id": "escape", "images": ["imgs/3.jpg", "../secret.jpg"]},
         {"set_id": "missing", "images": ["imgs/4.jpg", "imgs/nope.jpg"]},
     ]) + "\n")
-    build_dataset(str(manifest), str(tmp_path / "out"), {"until": "compose"})
+    run_build(str(manifest), str(tmp_path / "out"), {"until": "compose"}).as_dict()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set_of(report, "ok")["status"] == "kept"
     esc = set_of(report, "escape")
@@ -311,9 +309,9 @@ def test_manifest_rejects_escaping_and_missing_paths(tmp_path):
 
 
 def test_csv_manifest(tmp_path):
-    from flows.build_dataset import build_dataset
+    from iclora_data.build import run_build
 
     image_set(tmp_path / "imgs", [95, 96])
     (tmp_path / "sets.csv").write_text("set_id,images,preset\npair,imgs/1.jpg|imgs/2.jpg,\n")
-    result = build_dataset(str(tmp_path / "sets.csv"), str(tmp_path / "out"), {"until": "compose"})
+    result = run_build(str(tmp_path / "sets.csv"), str(tmp_path / "out"), {"until": "compose"}).as_dict()
     assert result["counts"]["kept"] == 1

@@ -181,6 +181,20 @@ def test_copies_of_a_real_photo_match_and_different_photos_do_not() -> None:
         assert hamming(perceptual_hash(decode(jpeg(photo(other)))), reference) > 2 * DEFAULT_MAX_DISTANCE, other
 
 
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera", "rocket", "chelsea"])
+def test_phash_bits_are_imagehashs_and_the_proxy_moves_them_little(name: str) -> None:
+    import imagehash
+
+    from iclora_data.dedup import hash_proxy, phash_bits
+
+    full = decode(jpeg(photo(name)))
+    for image in (full, full.reduce(3), hash_proxy(full)):
+        assert (phash_bits(image) == imagehash.phash(image).hash).all()  # the library is the oracle
+    assert min(hash_proxy(full).size) <= min(full.size) // 4  # the proxy is really small
+    reference = int.from_bytes(np.packbits(imagehash.phash(full).hash.ravel()).tobytes(), "big")
+    assert hamming(perceptual_hash(full), reference) <= 2  # bench_phash_threshold: 0-2 bits, as a draft decode
+
+
 def test_hamming() -> None:
     assert hamming(0, 2**64 - 1) == 64
     assert hamming(0b1011, 0b0001) == 2

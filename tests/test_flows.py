@@ -52,11 +52,14 @@ def test_unknown_runner_and_dead_ray_address_are_one_clear_error():
         make_task_runner("dask")
     with pytest.raises(RunnerError, match="needs --runner ray"):
         make_task_runner("threads", ray_address="ray://127.0.0.1:1")
+    with pytest.raises(RunnerError, match="needs --runner ray"):
+        make_task_runner("local", ray_address="ray://127.0.0.1:1")
     with pytest.raises(RunnerError, match=r"the Ray cluster at ray://127.0.0.1:1 does not answer"):
         check_ray_address("ray://127.0.0.1:1", timeout=2)
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    assert isinstance(make_task_runner("threads", workers=3), ThreadPoolTaskRunner)
+    assert isinstance(make_task_runner("threads", workers=3), ThreadPoolTaskRunner)  # the old name of prefect
+    assert isinstance(make_task_runner("prefect", workers=3), ThreadPoolTaskRunner)
 
 
 def test_deployment_carries_schedule_parameters_and_one_run_at_a_time(tmp_path):
@@ -143,22 +146,24 @@ def test_a_transient_compose_failure_is_retried_and_bad_data_is_not(tmp_path, mo
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     import flows.build_dataset as build_module
+    import iclora_data.compose as compose_module
 
     source = many_sets(tmp_path / "SOURCE", 2)
     (source / "broken").mkdir()
     (source / "broken" / "1.jpg").write_bytes(b"not a picture")
     (source / "broken" / "2.jpg").write_bytes(b"not a picture")
-    real = build_module.compose_set
+    real = compose_module.compose_set
     calls: list[str] = []
 
-    def flaky(src, settings, store):
+    def flaky(src, settings, store, **kwargs):
         calls.append(src.set_id)
         if src.set_id == "set-0000" and calls.count("set-0000") == 1:
             raise OSError(errno.EIO, "Input/output error")  # a disk or network share hiccup
-        return real(src, settings, store)
+        return real(src, settings, store, **kwargs)
 
-    monkeypatch.setattr(build_module, "compose_set", flaky)
-    result = build_module.build_dataset(str(source), str(tmp_path / "OUT"), {"until": "compose"})
+    monkeypatch.setattr(compose_module, "compose_set", flaky)
+    # one set per shard: a retry redoes its shard, so only the set that failed is done twice
+    result = build_module.build_dataset(str(source), str(tmp_path / "OUT"), {"until": "compose"}, shard_size=1)
     assert calls.count("set-0000") == 2 and calls.count("set-0001") == 1
     assert result["counts"]["kept"] == 2 and result["counts"]["rejected"] == 1
     with get_client(sync_client=True) as client:
@@ -168,13 +173,13 @@ def test_a_transient_compose_failure_is_retried_and_bad_data_is_not(tmp_path, mo
 
     calls.clear()
 
-    def bad(src, settings, store):
+    def bad(src, settings, store, **kwargs):
         calls.append(src.set_id)
         raise ValueError(f"{src.set_id}: impossible panel")
 
-    monkeypatch.setattr(build_module, "compose_set", bad)
+    monkeypatch.setattr(compose_module, "compose_set", bad)
     with pytest.raises(ValueError, match="impossible panel"):
-        build_module.build_dataset(str(source), str(tmp_path / "OUT2"), {"until": "compose"})
+        build_module.build_dataset(str(source), str(tmp_path / "OUT2"), {"until": "compose"}, shard_size=1)
     assert sorted(calls) == ["broken", "set-0000", "set-0001"]  # each tried once: bad data is not retried
 
 
@@ -187,3 +192,20 @@ def test_retrain_without_a_sample_preset_is_one_clear_error_before_any_work(tmp_
     assert result.exit_code == 2
     assert result.output.startswith("error: retrain samples validation sets at a preset's size")
     assert not (tmp_path / "OUT" / "report.json").exists()
+
+
+def test_the_flow_runs_one_task_per_shard_named_by_its_sets(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.build_dataset import build_dataset
+
+    source = many_sets(tmp_path / "SOURCE", 3)
+    state = build_dataset(str(source), str(tmp_path / "OUT"), {"until": "compose"}, shard_size=2, return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert sorted(r.name for r in runs) == ["prepare shard 0 (set-0000 … set-0001, 2 sets)",
+                                            "prepare shard 1 (set-0002, 1 set)"]
+    assert all(r.state is not None and r.state.is_completed() for r in runs)
