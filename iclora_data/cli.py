@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from iclora_data.errors import IcloraError
+from iclora_data.sources import source_exists
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="In-Context LoRA training data: image sets -> composite grids -> joint captions -> "
@@ -108,8 +109,9 @@ def _counts_table(counts: dict[str, int], title: str) -> Table:
 
 @app.command()
 def build(
-    source: Annotated[Path, typer.Argument(help="A folder with one sub-folder per image set, or a .jsonl/.csv "
-                                                "manifest.")],
+    source: Annotated[str, typer.Argument(help="A folder with one sub-folder per image set, a .jsonl/.csv "
+                                               "manifest, a .zip/.tar/.tar.gz archive, a Hugging Face dataset "
+                                               "folder or hf://datasets/ORG/NAME[@revision].")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; resumable).")],
     preset: Annotated[str | None, typer.Option(help="IC-LoRA task preset (see `iclora presets`).")] = None,
     layout: Annotated[str | None, typer.Option(help="Grid ROWSxCOLS when no preset is given, e.g. 2x2.")] = None,
@@ -132,7 +134,7 @@ def build(
     """Build IC-LoRA training data from SOURCE into OUT (the Prefect flow build-dataset, or --runner local)."""
     from iclora_data.config import load_config
 
-    if not source.exists():
+    if not source_exists(source):
         fail(f"SOURCE {source} does not exist")
     try:
         cfg = load_config(config, {"compose.preset": preset, "compose.layout": layout, "compose.fit": fit,
@@ -143,7 +145,7 @@ def build(
             from iclora_data.caption import check_captioner
 
             check_captioner(cfg.caption)  # a bad model is one clear error before any work (no weights loaded)
-        result = _run_build(runner, ray_address, verbose, str(source), str(out), cfg, wait)
+        result = _run_build(runner, ray_address, verbose, source, str(out), cfg, wait)
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora build -> {out}"))
