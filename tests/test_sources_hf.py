@@ -186,3 +186,12 @@ def test_hub_errors_are_errors_of_the_run(tmp_path: Path, hub: LoopbackHub) -> N
         ingest("hf://datasets/my-org/sets@nope", work_dir=tmp_path / "w")
     with pytest.raises(SourceError, match="has no data files"):
         ingest("hf://datasets/my-org/sets", work_dir=tmp_path / "w")
+
+
+def test_a_parquet_file_inside_a_folder_of_sets_does_not_make_it_a_dataset(tmp_path: Path) -> None:
+    for i in (1, 2):
+        (tmp_path / "src" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / "a" / f"{i}.jpg").write_bytes(jpeg_bytes(i))
+    pq.write_table(datasets.Dataset.from_dict({"x": [1]}).data.table, tmp_path / "src" / "a" / "stats.parquet")
+    result = ingest(tmp_path / "src")
+    assert result.kind == "folder" and result.sets[0].files == ["a/1.jpg", "a/2.jpg"]

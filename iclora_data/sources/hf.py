@@ -58,7 +58,21 @@ def _parquet_files(root: Path) -> list[Path]:
 
 
 def is_dataset_folder(root: Path) -> bool:
-    return (root / "state.json").is_file() or (root / "dataset_dict.json").is_file() or bool(_parquet_files(root))
+    """A ``save_to_disk`` folder, parquet files at the root or in ``data/``, or deeper parquet files
+    (``<config>/<split>/``) in a folder that is not a folder of sets: a stray parquet file in a set
+    folder does not turn the sets into a dataset."""
+    if (root / "state.json").is_file() or (root / "dataset_dict.json").is_file():
+        return True
+    parquet = _parquet_files(root)
+    if not parquet:
+        return False
+    if any(p.parent in (root, root / "data") for p in parquet):  # the hub layout's own places
+        return True
+    from iclora_data.ingest import IMAGE_SUFFIXES
+
+    with os.scandir(root) as entries:
+        folders = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    return not any(p.suffix.lower() in IMAGE_SUFFIXES for folder in folders for p in folder.iterdir())
 
 
 def _in_split(rel: str, split: str | None) -> bool:
