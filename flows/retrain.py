@@ -1,8 +1,10 @@
 """``retrain``: build (incremental) -> train the LoRA -> sample validation sets -> model card.
 
 Thin wiring over ``build_dataset`` and ``iclora_train``'s library functions (``train_lora``,
-``sample_sets``, ``LoraTrainer.write_model_card``). The LoRA folder remembers which dataset and
-training settings made it (``retrain.json``): a scheduled retrain on unchanged data trains nothing.
+``sample_sets``, ``write_model_card``). The LoRA folder remembers which dataset and training
+settings made it (``retrain.json``): a scheduled retrain on unchanged data trains nothing. A
+retrain on changed data starts a fresh run (the checkpoints of the superseded run are removed);
+one that was killed resumes from its own checkpoints (``retrain-pending.json`` names its data).
 The LoRA, the samples and the model card are flow artifacts in the Prefect UI.
 """
 
@@ -20,6 +22,7 @@ from iclora_data.errors import IcloraError
 from iclora_data.store import atomic_write_json, content_key, file_sha256
 
 RETRAIN_STATE = "retrain.json"
+RETRAIN_PENDING = "retrain-pending.json"
 SAMPLES_DIR = "samples"
 
 
@@ -49,12 +52,13 @@ def sample_preset(config: dict[str, Any] | None, preset: str | None) -> str:
 
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
-def train_task(dataset: str, lora_dir: str, train: dict[str, Any]) -> dict[str, Any]:
+def train_task(dataset: str, lora_dir: str, train: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     from iclora_train.config import TrainConfig
     from iclora_train.trainer import train_lora
 
     log = get_run_logger()
-    result = train_lora(dataset, Path(lora_dir), TrainConfig.model_validate(train), progress=False, log=log.info)
+    result = train_lora(dataset, Path(lora_dir), TrainConfig.model_validate(train), resume=resume, progress=False,
+                        log=log.info)
     return {"weights": str(result.weights), "step": result.step, "losses": result.losses}
 
 
@@ -74,12 +78,31 @@ def sample_task(dataset: str, lora_dir: str, train: dict[str, Any], preset: str,
 
 
 @task(name="model-card", cache_policy=NO_CACHE, persist_result=False)
-def model_card_task(dataset: str, lora_dir: str, train: dict[str, Any], step: int, samples: list[str]) -> str:
-    from iclora_train.config import TrainConfig
-    from iclora_train.trainer import LoraTrainer
+def model_card_task(lora_dir: str, step: int, samples: list[str]) -> str:
+    from iclora_train.trainer import write_model_card
 
-    trainer = LoraTrainer(dataset, Path(lora_dir), TrainConfig.model_validate(train), progress=False)
-    return str(trainer.write_model_card(step, [Path(s) for s in samples]))
+    # from the training_config.json the run wrote: no trainer, so its checkpoints are no obstacle
+    return str(write_model_card(Path(lora_dir), step, [Path(s) for s in samples]))
+
+
+def _prepare_lora_dir(lora_dir: Path, fingerprint: str) -> bool:
+    """Resume (True) when the checkpoints in ``lora_dir`` belong to an unfinished retrain of this
+    fingerprint; otherwise remove the superseded run's checkpoints and record this one as pending."""
+    import shutil
+
+    from iclora_train.trainer import CHECKPOINTS, checkpoint_dirs
+
+    pending = lora_dir / RETRAIN_PENDING
+    try:
+        same = json.loads(pending.read_text(encoding="utf-8")).get("fingerprint") == fingerprint
+    except (FileNotFoundError, json.JSONDecodeError):
+        same = False
+    if same and checkpoint_dirs(lora_dir):
+        return True
+    shutil.rmtree(lora_dir / CHECKPOINTS, ignore_errors=True)
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(pending, {"version": 1, "fingerprint": fingerprint})
+    return False
 
 
 def _publish_artifacts(lora_dir: Path, weights: str, card: str, samples: list[str], step: int) -> None:
@@ -115,14 +138,18 @@ def retrain(source: str, out: str, lora_dir: str, config: dict[str, Any] | None 
         log.info("dataset and settings unchanged since the last retrain: nothing to train")
         return {**previous, "trained": False, "build": built}
 
-    trained = train_task(str(dataset), lora_dir, train_cfg)
+    resume = _prepare_lora_dir(Path(lora_dir), fingerprint)
+    if resume:
+        log.info("resuming the unfinished retrain of this dataset from its checkpoints")
+    trained = train_task(str(dataset), lora_dir, train_cfg, resume)
     sampled: list[str] = []
     if chosen_preset:
         sampled = sample_task(str(dataset), lora_dir, train_cfg, chosen_preset, samples, sample_steps,
                               sample_scale, int(train_cfg["seed"]))
-    card = model_card_task(str(dataset), lora_dir, train_cfg, trained["step"], sampled)
+    card = model_card_task(lora_dir, trained["step"], sampled)
     _publish_artifacts(Path(lora_dir), trained["weights"], card, sampled, trained["step"])
     state = {"version": 1, "fingerprint": fingerprint, "weights": trained["weights"], "step": trained["step"],
              "samples": sampled, "model_card": card, "dataset": str(dataset)}
     atomic_write_json(state_path, state)  # last: a retrain killed before this point trains again
+    (Path(lora_dir) / RETRAIN_PENDING).unlink(missing_ok=True)
     return {**state, "trained": True, "losses": trained["losses"], "build": built}

@@ -49,7 +49,8 @@ def resolve_base(base: str) -> str:
 def base_fingerprint(resolved: str) -> str:
     """A key that changes when the base's weights change, without hashing gigabytes.
 
-    Config files are hashed by content, weight files by name and size. For a hub id the
+    Config files are hashed by content, weight files by name, size and modification time (a
+    weight file rewritten in place at the same size is a new base). For a hub id the
     snapshot folder name (the revision) is part of the resolved path once downloaded."""
     path = Path(resolved)
     if not path.is_dir():
@@ -62,7 +63,8 @@ def base_fingerprint(resolved: str) -> str:
         if file.suffix == ".json" or file.suffix == ".txt":
             parts.append((rel, file.read_text(encoding="utf-8", errors="replace")))
         else:
-            parts.append((rel, file.stat().st_size))
+            stat = file.stat()
+            parts.append((rel, stat.st_size, stat.st_mtime_ns))
     return content_key("local", parts)
 
 

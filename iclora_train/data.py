@@ -31,6 +31,8 @@ class TrainItem:
     size: Size  # the composite as stored
     bucket: Size  # the size it trains at
     image_sha256: str
+    rows: int = 1  # the composite's grid
+    cols: int = 1
 
 
 @dataclass
@@ -101,7 +103,18 @@ def _bucket(size: Size, rows: int, cols: int, scale: float) -> Size:
         return size
     # scale the panels and keep the grid, so panel boundaries stay on the 16-pixel lattice
     pw, ph = size[0] // cols, size[1] // rows
-    return round16(pw * scale) * cols, round16(ph * scale) * rows
+    return max(16, round16(pw * scale)) * cols, max(16, round16(ph * scale)) * rows
+
+
+def item_buckets(size: Size, rows: int, cols: int, cfg: TrainConfig) -> list[Size]:
+    """The sizes one composite trains at: ``scale`` of its size, or about r x r pixels per resolution.
+
+    As ai-toolkit's ``resolution`` list: the area is r squared at the composite's aspect, never
+    above its own size; resolutions that land on the same size train once."""
+    if cfg.resolutions is None:
+        return [_bucket(size, rows, cols, cfg.scale)]
+    area = size[0] * size[1]
+    return list(dict.fromkeys(_bucket(size, rows, cols, min(1.0, r / area ** 0.5)) for r in cfg.resolutions))
 
 
 def load_train_data(source: str, cfg: TrainConfig) -> TrainData:
@@ -130,21 +143,25 @@ def load_train_data(source: str, cfg: TrainConfig) -> TrainData:
             raise TrainDatasetError(
                 f"set {set_id}: composite is {size[0]}x{size[1]}, which fits no bucket (sides must be "
                 "multiples of 16 for FLUX); rebuild the dataset with iclora build")
-        bucket = _bucket(size, rows, cols, cfg.scale)
-        if cfg.buckets is not None and bucket not in {tuple(b) for b in cfg.buckets}:
-            allowed = ", ".join(f"{w}x{h}" for w, h in cfg.buckets)
-            raise TrainDatasetError(f"set {set_id}: composite size {bucket[0]}x{bucket[1]} fits no bucket "
-                                    f"({allowed}); add a bucket or rebuild with one preset")
-        items.append(TrainItem(row, set_id, caption.strip(), size, bucket, hashlib.sha256(data).hexdigest()))
+        digest = hashlib.sha256(data).hexdigest()
+        for bucket in item_buckets(size, rows, cols, cfg):
+            if cfg.buckets is not None and bucket not in {tuple(b) for b in cfg.buckets}:
+                allowed = ", ".join(f"{w}x{h}" for w, h in cfg.buckets)
+                raise TrainDatasetError(f"set {set_id}: composite size {bucket[0]}x{bucket[1]} fits no bucket "
+                                        f"({allowed}); add a bucket or rebuild with one preset")
+            items.append(TrainItem(row, set_id, caption.strip(), size, bucket, digest, rows, cols))
     if uncaptioned:
         shown = ", ".join(uncaptioned[:5]) + (" ..." if len(uncaptioned) > 5 else "")
         raise TrainDatasetError(f"dataset {source}: {len(uncaptioned)} of {len(ds)} rows have no caption "
                                 f"({shown}); caption them (iclora build without --until compose)")
     holdout: list[TrainItem] = []
-    # held-out captions become validation prompts, but never at the cost of all training data
+    # held-out captions become validation prompts, but never at the cost of all training data;
+    # a held-out set leaves training at every resolution and is sampled at its largest size
+    rows_seen = sorted({it.row for it in items})
     if (cfg.validation_every and not cfg.validation_prompts and cfg.validation_holdout
-            and len(items) > cfg.validation_holdout):
-        chosen = set(random.Random(cfg.seed).sample(range(len(items)), cfg.validation_holdout))
-        holdout = [it for i, it in enumerate(items) if i in chosen]
-        items = [it for i, it in enumerate(items) if i not in chosen]
+            and len(rows_seen) > cfg.validation_holdout):
+        chosen = set(random.Random(cfg.seed).sample(rows_seen, cfg.validation_holdout))
+        for row in sorted(chosen):
+            holdout.append(max((it for it in items if it.row == row), key=lambda it: it.bucket[0] * it.bucket[1]))
+        items = [it for it in items if it.row not in chosen]
     return TrainData(source=source, dataset=ds, train=items, holdout=holdout)

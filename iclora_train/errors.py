@@ -21,3 +21,7 @@ class OutputBusyError(IcloraError):
 
 class SampleError(IcloraError):
     """Bad sampling input: no LoRA, empty prompts, bad reference."""
+
+
+class LaunchError(IcloraError):
+    """A multi-process training launch failed."""

@@ -3,6 +3,10 @@
 Reference-based generation places known panels in their slots and inpaints the rest (FLUX
 inpaint pipeline, SDEdit-style ``strength``; a FLUX Fill base uses its Fill pipeline). The
 known panels are pasted back over the decoded result, so they come back pixel for pixel.
+
+Without ``--preset`` a set takes the grid and size the LoRA was trained at (its
+``training_config.json``), whatever layout its dataset had. On a 24 GB GPU the pipeline can be
+offloaded to the CPU model by model or layer by layer, or its transformer stored in fp8.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from iclora_train.errors import SampleError
 from iclora_train.trainer import LORA_WEIGHTS, TRAINING_CONFIG
 
 MAX_REFERENCE_PIXELS = 100_000_000  # same limit as ingest: checked from the header before decoding
+TEXT_GUIDANCE = 3.5  # FLUX.1-dev's distilled guidance
+FILL_GUIDANCE = 30.0  # FLUX.1-Fill-dev's model card samples at 30
+OFFLOADS = ("auto", "none", "model", "sequential")
 
 
 @dataclass
@@ -63,20 +70,49 @@ def parse_reference(spec: str, panels: int) -> tuple[int, Path]:
     return number, path
 
 
+def _scaled(layout: Layout, scale: float) -> Layout:
+    if not 0 < scale <= 1:
+        raise SampleError(f"--scale must be in (0, 1], got {scale}")
+    if scale == 1:
+        return layout
+    pw, ph = layout.panel_size
+    pw, ph = max(16, round16(pw * scale)), max(16, round16(ph * scale))
+    return Layout(layout.rows, layout.cols, pw * layout.cols, ph * layout.rows, panel_tags=layout.panel_tags,
+                  prefix=layout.prefix, preset=layout.preset)
+
+
 def sample_layout(preset: str, scale: float = 1.0) -> Layout:
     """The preset's layout, optionally scaled (same grid, panels rounded to 16 pixels)."""
     try:
         layout = preset_layout(get_preset(preset))
     except UnknownPresetError as exc:
         raise SampleError(str(exc)) from None
-    if not 0 < scale <= 1:
-        raise SampleError(f"--scale must be in (0, 1], got {scale}")
-    if scale == 1:
-        return layout
-    pw, ph = layout.panel_size
-    pw, ph = round16(pw * scale), round16(ph * scale)
-    return Layout(layout.rows, layout.cols, pw * layout.cols, ph * layout.rows, panel_tags=layout.panel_tags,
-                  prefix=layout.prefix, preset=layout.preset)
+    return _scaled(layout, scale)
+
+
+def trained_run(lora_dir: Path) -> dict[str, Any]:
+    """The LoRA's ``training_config.json`` (what ``iclora train`` wrote next to the weights)."""
+    try:
+        return dict(json.loads((Path(lora_dir) / TRAINING_CONFIG).read_text(encoding="utf-8")))
+    except (FileNotFoundError, json.JSONDecodeError):
+        raise SampleError(f"{lora_dir} has no readable {TRAINING_CONFIG}; pass --base and --preset") from None
+
+
+def lora_layout(lora_dir: Path, preset: str | None = None, scale: float | None = None) -> Layout:
+    """The layout to sample: the preset's at the scale the LoRA trained at, or else the grid and size
+    it trained at most (any layout: a preset's, ``--layout RxC`` or automatic). ``scale`` overrides."""
+    if preset is not None:
+        trained = 1.0
+        if (Path(lora_dir) / TRAINING_CONFIG).is_file():
+            config = trained_run(lora_dir).get("config", {})
+            trained = float(config.get("scale", 1.0)) if not config.get("resolutions") else 1.0
+        return sample_layout(preset, trained if scale is None else scale)
+    layouts = trained_run(lora_dir).get("layouts") or []
+    if not layouts:
+        raise SampleError(f"{lora_dir}/{TRAINING_CONFIG} records no trained layout (an older LoRA); pass --preset")
+    first = layouts[0]
+    layout = Layout(int(first["rows"]), int(first["cols"]), int(first["width"]), int(first["height"]))
+    return _scaled(layout, 1.0 if scale is None else scale)
 
 
 def _open_reference(path: Path) -> Image.Image:
@@ -102,30 +138,72 @@ def _open_reference(path: Path) -> Image.Image:
 
 def lora_base(lora_dir: Path) -> tuple[str, int]:
     """The base a LoRA was trained on and its text length, from its ``training_config.json``."""
-    try:
-        run = json.loads((lora_dir / TRAINING_CONFIG).read_text(encoding="utf-8"))
-        return str(run["base"]), int(run.get("config", {}).get("max_sequence_length", 512))
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
-        raise SampleError(f"{lora_dir} has no readable {TRAINING_CONFIG}; pass --base") from None
+    run = trained_run(lora_dir)
+    if "base" not in run:
+        raise SampleError(f"{lora_dir}/{TRAINING_CONFIG} names no base; pass --base")
+    return str(run["base"]), int(run.get("config", {}).get("max_sequence_length", 512))
+
+
+def _auto_offload(pipe: Any, device: Any) -> str:
+    """The least offloading that leaves the GPU 4 GiB for activations and VAE decoding: none when
+    the whole pipeline fits, ``model`` when its largest model does, else ``sequential``. FLUX.1-dev
+    in bf16 is 31.7 GiB, its transformer 22.2 GiB (fp8: 11.1): a 24 GB card needs one of them."""
+    import torch
+
+    if device.type != "cuda":
+        return "none"
+    sizes = [sum(p.numel() * p.element_size() for p in m.parameters())
+             for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    free, _ = torch.cuda.mem_get_info(device)
+    room = free - 4 * 1024**3
+    return "none" if sum(sizes) < room else "model" if max(sizes) < room else "sequential"
+
+
+def reference_canvas(layout: Layout, placed: dict[int, Image.Image]) -> tuple[Image.Image, Image.Image]:
+    """The inpainting input: reference panels in their slots, and the mask (diffusers: white is
+    generated, black is kept), black exactly over the reference panels."""
+    boxes = layout.panel_boxes()
+    # masked panels start from the first reference: with strength < 1 that is SDEdit from it
+    first = placed[min(placed)]
+    init = Image.new("RGB", (layout.width, layout.height))
+    mask = Image.new("L", (layout.width, layout.height), 255)
+    for number, box in enumerate(boxes, start=1):
+        init.paste(placed.get(number, first), box[:2])
+        if number in placed:
+            mask.paste(0, box)
+    return init, mask
 
 
 class Sampler:
     """A FLUX pipeline with the LoRA loaded, text-to-image or inpainting."""
 
     def __init__(self, lora_dir: Path, base: str | None = None, references: bool = False,
-                 max_sequence_length: int | None = None):
+                 max_sequence_length: int | None = None, offload: str = "auto", quantize: str = "none"):
         import torch
         from diffusers import FluxFillPipeline, FluxInpaintPipeline, FluxPipeline, FluxTransformer2DModel
 
         self.lora_dir = Path(lora_dir)
         if not (self.lora_dir / LORA_WEIGHTS).is_file():
             raise SampleError(f"{lora_dir} holds no {LORA_WEIGHTS}; train one with iclora train")
-        trained_base, trained_len = lora_base(self.lora_dir) if base is None else (base, 512)
+        if base is None:
+            trained_base, trained_len = lora_base(self.lora_dir)
+        else:
+            config = trained_run(self.lora_dir).get("config", {}) if (self.lora_dir / TRAINING_CONFIG).is_file() else {}
+            trained_base, trained_len = base, int(config.get("max_sequence_length", 512))
         self.base_name = base or trained_base
         self.max_sequence_length = max_sequence_length or trained_len
         resolved = resolve_base(self.base_name)
-        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        from accelerate import PartialState
+
+        self.device = PartialState().device
+        self.dtype = torch.bfloat16 if self.device.type != "cpu" else torch.float32
+        if offload not in OFFLOADS:
+            raise SampleError(f"--offload must be one of {', '.join(OFFLOADS)}, got {offload}")
+        if offload not in ("none", "auto") and self.device.type == "cpu":
+            raise SampleError(f"--offload {offload} moves models between the CPU and a GPU; this machine has "
+                              "no GPU (on the CPU the pipeline already lives in RAM): use --offload none")
+        if quantize not in ("none", "fp8"):
+            raise SampleError(f"--quantize must be none or fp8, got {quantize}")
         try:
             fill = is_fill_transformer(dict(FluxTransformer2DModel.load_config(resolved, subfolder="transformer")))
         except Exception as exc:
@@ -135,9 +213,22 @@ class Sampler:
             raise SampleError(f"base {self.base_name} is a FLUX Fill model: it needs --reference PANEL=IMAGE")
         self.mode = "fill" if fill else "inpaint" if references else "text"
         cls = {"fill": FluxFillPipeline, "inpaint": FluxInpaintPipeline, "text": FluxPipeline}[self.mode]
-        self.pipe = cls.from_pretrained(resolved, dtype=self.dtype).to(self.device)
+        self.default_guidance = FILL_GUIDANCE if fill else TEXT_GUIDANCE
+        self.pipe = cls.from_pretrained(resolved, dtype=self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.load_lora_weights(str(self.lora_dir), weight_name=LORA_WEIGHTS)
+        if quantize == "fp8":  # the transformer's frozen weights in fp8, upcast layer by layer (LoRA kept)
+            self.pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                                           compute_dtype=self.dtype)
+        if offload == "auto":
+            offload = _auto_offload(self.pipe, self.device)
+        self.offload = offload
+        if offload == "model":  # one model on the GPU at a time (text encoders, transformer, VAE)
+            self.pipe.enable_model_cpu_offload(device=self.device)
+        elif offload == "sequential":  # layer by layer: least memory, several times slower
+            self.pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            self.pipe.to(self.device)
 
     def generate(self, prompt: str, layout: Layout, *, seed: int, steps: int, guidance: float,
                  references: dict[int, Image.Image] | None = None, strength: float = 1.0) -> Image.Image:
@@ -156,14 +247,7 @@ class Sampler:
             raise SampleError("this sampler was made without references")
         boxes = layout.panel_boxes()
         placed = {i: fit_panel(img, layout.panel_size, "crop") for i, img in references.items()}
-        # masked panels start from the first reference: with strength < 1 that is SDEdit from it
-        first = placed[min(placed)]
-        init = Image.new("RGB", (layout.width, layout.height))
-        mask = Image.new("L", (layout.width, layout.height), 255)
-        for number, box in enumerate(boxes, start=1):
-            init.paste(placed.get(number, first), box[:2])
-            if number in placed:
-                mask.paste(0, box)
+        init, mask = reference_canvas(layout, placed)
         if self.mode == "fill":
             image = self.pipe(image=init, mask_image=mask, **common).images[0]
         else:
@@ -173,22 +257,25 @@ class Sampler:
         return image
 
 
-def sample_sets(lora_dir: Path, prompts: list[str], preset: str, out: Path, *, seed: int = 0, steps: int = 20,
-                guidance: float = 3.5, scale: float = 1.0, references: list[str] | None = None,
-                strength: float = 1.0, base: str | None = None) -> list[SampleOutput]:
+def sample_sets(lora_dir: Path, prompts: list[str], preset: str | None, out: Path, *, seed: int = 0,
+                steps: int = 20, guidance: float | None = None, scale: float | None = None,
+                references: list[str] | None = None, strength: float = 1.0, base: str | None = None,
+                offload: str = "auto", quantize: str = "none") -> list[SampleOutput]:
     """Generate one set per prompt into ``out/sample-NNN/`` (composite, panels, settings.json).
 
-    Prompt ``i`` (from 0) uses seed ``seed + i``."""
+    ``preset`` None: the grid and size the LoRA trained at. ``guidance`` None: 3.5, or 30 on a
+    FLUX Fill base. Prompt ``i`` (from 0) uses seed ``seed + i``."""
     if not prompts or any(not p.strip() for p in prompts):
         raise SampleError("every prompt must be non-empty text")
     if not 0 < strength <= 1:
         raise SampleError(f"--strength must be in (0, 1], got {strength}")
-    layout = sample_layout(preset, scale)
+    layout = lora_layout(Path(lora_dir), preset, scale)
     refs = dict(parse_reference(spec, layout.panels) for spec in references or [])
     if len(refs) == layout.panels:
         raise SampleError(f"all {layout.panels} panels are references: leave at least one to generate")
     ref_images = {i: _open_reference(p) for i, p in refs.items()}
-    sampler = Sampler(lora_dir, base=base, references=bool(refs))
+    sampler = Sampler(lora_dir, base=base, references=bool(refs), offload=offload, quantize=quantize)
+    guidance = sampler.default_guidance if guidance is None else guidance
     results: list[SampleOutput] = []
     out = Path(out)
     for i, prompt in enumerate(prompts):
@@ -208,7 +295,8 @@ def sample_sets(lora_dir: Path, prompts: list[str], preset: str, out: Path, *, s
             panels.append(path)
         settings = {
             "version": 1, "prompt": prompt.strip(), "seed": seed + i, "steps": steps, "guidance": guidance,
-            "preset": preset, "scale": scale, "width": layout.width, "height": layout.height,
+            "preset": preset, "scale": scale, "offload": sampler.offload, "quantize": quantize, "width": layout.width,
+            "height": layout.height,
             "grid": layout.grid, "panel_tags": list(layout.panel_tags),
             "panel_boxes": [list(b) for b in layout.panel_boxes()],
             "lora": str(Path(lora_dir).resolve()), "base": sampler.base_name, "mode": sampler.mode,

@@ -17,7 +17,7 @@ from typing import Any
 from iclora_data.store import cache_dir
 
 TINY_BASE = "tiny-random"
-TINY_VERSION = "1"  # bump when the architecture below changes: the cache folder is keyed by it
+TINY_VERSION = "2"  # bump when the architecture below changes: the cache folder is keyed by it
 
 
 def tiny_flux_path() -> Path:
@@ -84,9 +84,16 @@ def build_tiny_flux_pipeline(seed: int = 0) -> Any:
             block_out_channels=[16, 16, 16, 16], layers_per_block=1, norm_num_groups=8,
             use_quant_conv=False, use_post_quant_conv=False, sample_size=64,
             scaling_factor=0.3611, shift_factor=0.1159)
+        # like a trained VAE (and unlike random weights): a near-deterministic posterior (std
+        # about 0.007) and latents of about unit spread, so a LoRA can learn one composite
+        model: Any = vae  # (diffusers' stubs hide nn.Module's attributes)
+        conv_out = model.encoder.conv_out
+        with torch.no_grad():
+            conv_out.weight[:16] *= 4.0
+            conv_out.bias[16:] = -10.0
         transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+            num_attention_heads=8, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
             axes_dims_rope=[4, 6, 6])
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,

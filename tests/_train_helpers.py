@@ -6,11 +6,23 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from iclora_data.layout import Layout
 
 PANEL = 64
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models on a shared 2-core machine: one thread is several times faster than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def composite(seed: int, rows: int = 1, cols: int = 3, panel: int = PANEL) -> Image.Image:

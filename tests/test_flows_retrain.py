@@ -9,13 +9,18 @@ import pytest
 from PIL import Image
 
 from tests._flows_helpers import many_sets
+from tests._train_helpers import single_thread  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_harness", "single_thread")
 
 PRESET = "couple-profile"  # 2048x1024, two panels side by side
 SCALE = 0.0625  # 128x64 composites for training and sampling
-TRAIN = {"base": "tiny-random", "steps": 2, "batch_size": 2, "checkpoint_every": 0, "validation_every": 0,
-         "scale": SCALE, "mixed_precision": "no", "gradient_checkpointing": False}
+# The default settings, shrunk to a CPU: two steps on the tiny base at 1/16 size, two denoising
+# steps per validation sample. Checkpoints and validation samples stay on (every 2 steps here, as
+# every 250 of a default run): the model card and the next retrain must cope with a LoRA folder
+# that holds checkpoints. Mixed precision, checkpointing, EMA, optimizer: the defaults.
+TRAIN = {"base": "tiny-random", "steps": 2, "batch_size": 2, "scale": SCALE, "checkpoint_every": 2,
+         "validation_every": 2, "validation_steps": 2}
 BUILD = {"compose": {"preset": PRESET}, "caption": {"model": "tiny-random"}}
 
 
@@ -34,6 +39,9 @@ def test_retrain_builds_trains_samples_and_skips_unchanged_data(tmp_path):
 
     first = _retrain(source, out, lora)
     assert first["trained"] and first["step"] == 2
+    assert [p.name for p in (lora / "checkpoints").iterdir()] == ["step-000002"]
+    assert json.loads((lora / "retrain.json").read_text())["fingerprint"] == first["fingerprint"]
+    assert not (lora / "retrain-pending.json").exists()
     assert first["build"]["counts"]["kept"] == 4
     assert (lora / "pytorch_lora_weights.safetensors").is_file()
     assert len(first["samples"]) == 2
@@ -64,6 +72,7 @@ def test_retrain_builds_trains_samples_and_skips_unchanged_data(tmp_path):
     assert third["build"]["counts"]["kept"] == 5
     state = json.loads((lora / "retrain.json").read_text())
     assert state["fingerprint"] == third["fingerprint"] != first["fingerprint"]
+    assert third["step"] == 2  # a fresh run on the new data, not a resume of the old one
 
 
 def test_retrain_without_a_preset_fails_before_building(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from _train_helpers import composite, write_dataset
+from _train_helpers import composite, single_thread, write_dataset  # noqa: F401  (fixture)
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,6 +22,8 @@ from iclora_train.sample import read_prompts, sample_layout, sample_sets
 from iclora_train.trainer import train_lora
 
 SCALE = 0.0625  # film-storyboard 1024x1536 (3x1) -> 64x96, panels 64x32
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -148,4 +150,70 @@ def test_a_flux_fill_base_fills_around_references(lora_dir, tmp_path):
     layout = sample_layout("film-storyboard", SCALE)
     expected = np.asarray(fit_panel(Image.open(ref_path).convert("RGB"), layout.panel_size, "crop"))
     assert result.settings_data["mode"] == "fill"
+    assert result.settings_data["guidance"] == 30.0  # FLUX Fill's guidance unless one is given
     assert np.array_equal(np.asarray(Image.open(result.panels[0])), expected)
+
+
+def test_without_a_preset_a_set_takes_the_grid_and_size_the_lora_trained_at(tmp_path):
+    """A 2x2 layout that is no preset (as ``--layout 2x2`` or automatic grids give) at scale 0.5."""
+    ds = write_dataset(tmp_path / "ds", 2, rows=2, cols=2, panel=64)  # 128x128 composites
+    cfg = TrainConfig(base="tiny-random", steps=1, batch_size=2, checkpoint_every=0, validation_every=0,
+                      max_sequence_length=32, mixed_precision="no", scale=0.5)
+    lora = train_lora(str(ds), tmp_path / "lora", cfg, progress=False).lora_dir
+    (result,) = sample_sets(lora, ["four panels"], None, tmp_path / "out", steps=2)
+    assert Image.open(result.composite).size == (64, 64)  # trained at half of 128x128
+    assert [Image.open(p).size for p in result.panels] == [(32, 32)] * 4
+    assert result.settings_data["grid"] == "2x2" and result.settings_data["guidance"] == 3.5
+    # with a preset, the preset's grid at the scale the LoRA trained at
+    (result,) = sample_sets(lora, ["x"], "couple-profile", tmp_path / "preset", steps=2)
+    assert Image.open(result.composite).size == (1024, 512)
+
+
+def test_reference_panels_are_kept_in_the_inpainting_mask_before_any_paste_back(lora_dir, tmp_path):
+    """The mask the pipeline gets, read through diffusers' own mask processor: 0 (keep the input)
+    over every reference panel, 1 (generate) over the others; the input holds the references."""
+    from iclora_train.sample import Sampler
+
+    sampler = Sampler(lora_dir, references=True)
+    real, seen = sampler.pipe, {}
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real(**kwargs)
+
+    sampler.pipe = spy
+    layout = sample_layout("film-storyboard", SCALE)
+    refs = {1: composite(3, cols=1, panel=64), 3: composite(4, cols=1, panel=64)}
+    sampler.generate("x", layout, seed=0, steps=2, guidance=3.5, references=refs)
+    mask = real.mask_processor.preprocess(seen["mask_image"], height=layout.height, width=layout.width)[0, 0]
+    image = np.asarray(seen["image"])
+    for number, (x0, y0, x1, y1) in enumerate(layout.panel_boxes(), start=1):
+        region = mask[y0:y1, x0:x1]
+        if number in refs:
+            assert float(region.max()) == 0.0, number
+            expected = np.asarray(fit_panel(refs[number], layout.panel_size, "crop"))
+            assert np.array_equal(image[y0:y1, x0:x1], expected)
+        else:
+            assert float(region.min()) == 1.0, number
+
+
+def test_fp8_sampling_stores_the_transformer_in_fp8_and_keeps_the_lora(lora_dir, tmp_path):
+    import torch
+
+    from iclora_train.sample import Sampler
+
+    sampler = Sampler(lora_dir, quantize="fp8")
+    dtypes = {n: p.dtype for n, p in sampler.pipe.transformer.named_parameters()}
+    assert dtypes["transformer_blocks.0.attn.to_q.base_layer.weight"] == torch.float8_e4m3fn
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    image = sampler.generate("x", sample_layout("film-storyboard", SCALE), seed=0, steps=2, guidance=3.5)
+    assert image.size == (64, 96) and np.asarray(image).std() > 0
+
+
+def test_offload_needs_a_gpu(lora_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for machines without a GPU")
+    with pytest.raises(SampleError, match="--offload model moves models between the CPU and a GPU"):
+        sample_sets(lora_dir, ["x"], "film-storyboard", tmp_path, scale=SCALE, offload="model")

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _train_helpers import composite, write_dataset
+from _train_helpers import composite, single_thread, write_dataset  # noqa: F401  (fixture)
 
 from iclora_train.config import TrainConfig, TrainConfigError, load_train_config
 from iclora_train.errors import BaseModelError, ResumeError, TrainDatasetError
 from iclora_train.tiny_flux import tiny_flux_path
 from iclora_train.trainer import LoraTrainer, checkpoint_dirs, train_lora
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_cfg(**kw) -> TrainConfig:
@@ -61,7 +63,8 @@ def test_saved_lora_reloads_into_a_fresh_pipeline_exactly(dataset, tmp_path):
     from diffusers import FluxPipeline
 
     # alpha != rank: a reload that ignored the adapter metadata would scale the LoRA wrongly
-    trainer = LoraTrainer(dataset, tmp_path / "lora", tiny_cfg(rank=4, alpha=8, steps=3, learning_rate=1e-2),
+    trainer = LoraTrainer(dataset, tmp_path / "lora", tiny_cfg(rank=4, alpha=8, steps=3, learning_rate=1e-2,
+                                                                   save_dtype="fp32"),
                           progress=False)
     result = trainer.run()
     assert result.weights.name == "pytorch_lora_weights.safetensors" and result.weights.is_file()
@@ -206,6 +209,7 @@ def test_config_defaults_yaml_and_flag_overrides(tmp_path):
     assert (cfg.rank, cfg.alpha, cfg.batch_size, cfg.steps, cfg.learning_rate, cfg.caption_dropout) == \
         (16, 16, 4, 5000, 1e-4, 0.05)
     assert cfg.base == "black-forest-labs/FLUX.1-dev" and cfg.mixed_precision == "bf16" and cfg.gradient_checkpointing
+    assert (cfg.checkpoint_every, cfg.validation_every, cfg.ema_decay, cfg.save_dtype) == (250, 250, 0.99, "bf16")
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump({"rank": 8, "steps": 100, "ema": True}))
     loaded = load_train_config(path, steps=7, rank=None)
@@ -223,15 +227,34 @@ def test_fp8_base_trains_a_full_precision_lora(dataset, tmp_path):
     result = trainer.run()
     weights = {n: p.dtype for n, p in trainer.transformer.named_parameters()}
     assert torch.float8_e4m3fn in {d for n, d in weights.items() if "lora_" not in n}  # frozen base stored in fp8
+    # the AdaLN modulation layers too (diffusers' default skips every "norm"), but not the output head
+    for name in ("transformer_blocks.0.norm1.linear", "transformer_blocks.0.norm1_context.linear",
+                 "single_transformer_blocks.0.norm.linear", "transformer_blocks.0.attn.to_q"):
+        assert weights[f"{name}.base_layer.weight"] == torch.float8_e4m3fn, name
+    assert weights["norm_out.linear.weight"] == weights["proj_out.weight"] == torch.float32
     assert {d for n, d in weights.items() if "lora_" in n} == {torch.float32}
     assert all(np.isfinite(result.losses)) and result.weights.is_file()
 
 
-def test_nf4_without_bitsandbytes_and_cuda_is_refused(dataset, tmp_path):
+def test_int8_base_trains_a_full_precision_lora(dataset, tmp_path):
+    pytest.importorskip("torchao")
+    trainer = LoraTrainer(dataset, tmp_path / "lora", tiny_cfg(steps=2, quantize="int8", mixed_precision="bf16"),
+                          progress=False)
+    result = trainer.run()
+    blocks = trainer.transformer.transformer_blocks[0]
+    for layer in (blocks.norm1.linear, blocks.attn.to_q, blocks.ff.net[2]):  # AdaLN included
+        assert "Int8" in type(layer.get_base_layer().weight).__name__
+    lora = {p.dtype for n, p in trainer.transformer.named_parameters() if "lora_" in n}
+    assert lora == {torch.float32} and all(np.isfinite(result.losses)) and result.weights.is_file()
+
+
+def test_nf4_and_8bit_adam_without_cuda_are_refused_not_swapped(dataset, tmp_path, no_model_loads):
     if torch.cuda.is_available():
         pytest.skip("the refusal is for machines without CUDA")
     with pytest.raises(BaseModelError, match="nf4 needs bitsandbytes"):
         train_lora(dataset, tmp_path / "lora", tiny_cfg(quantize="nf4"), progress=False)
+    with pytest.raises(BaseModelError, match="adamw8bit needs bitsandbytes .* CUDA GPU .*on cpu"):
+        train_lora(dataset, tmp_path / "lora", tiny_cfg(optimizer="adamw8bit"), progress=False)
 
 
 def test_caption_dropout_trains_on_the_empty_caption(dataset, tmp_path):
@@ -263,7 +286,7 @@ def test_shifted_sigmoid_sampling_moves_noise_up_for_larger_images():
 def test_ema_weights_are_saved_and_resumed(dataset, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = tiny_cfg(steps=3, ema=True, ema_decay=0.5, checkpoint_every=2, learning_rate=1e-2)
+    cfg = tiny_cfg(steps=3, ema=True, ema_decay=0.5, checkpoint_every=2, learning_rate=1e-2, save_dtype="fp32")
     trainer = LoraTrainer(dataset, tmp_path / "lora", cfg, progress=False)
     result = trainer.run(stop_after=2)
     assert (checkpoint_dirs(tmp_path / "lora")[-1] / "ema.pt").is_file()
@@ -314,3 +337,61 @@ def test_a_second_run_on_the_same_folder_is_refused(dataset, tmp_path):
 
     with RunStore(tmp_path / "lora").lock(), pytest.raises(OutputBusyError, match="in use by another"):
         train_lora(dataset, tmp_path / "lora", tiny_cfg(), progress=False)
+
+
+def test_gradient_accumulation_and_batch_split_give_the_same_run(dataset, tmp_path):
+    """A global batch of 4 as 4x1, 2x2 or 1x4 micro-batches: same losses, same LoRA."""
+    from safetensors.torch import load_file
+
+    runs = [train_lora(dataset, tmp_path / f"b{b}", tiny_cfg(steps=2, batch_size=b, gradient_accumulation=4 // b,
+                                                              learning_rate=1e-2, save_dtype="fp32"), progress=False)
+            for b in (4, 2, 1)]
+    weights = [load_file(str(r.weights)) for r in runs]
+    for run, w in zip(runs[1:], weights[1:], strict=True):
+        assert run.losses == pytest.approx(runs[0].losses, rel=1e-4)
+        for key in weights[0]:  # Adam magnifies float-order noise in near-zero gradients
+            torch.testing.assert_close(w[key], weights[0][key], rtol=1e-3, atol=1e-4)
+
+
+def test_learning_rate_warmup_and_schedule_follow_diffusers(dataset, tmp_path):
+    result = train_lora(dataset, tmp_path / "lora", tiny_cfg(steps=4, learning_rate=1e-3, lr_scheduler="linear",
+                                                             lr_warmup_steps=2), progress=False)
+    log = json.loads((result.lora_dir / "train_log.json").read_text())
+    # linear warmup over 2 steps to 1e-3, then linear decay to 0 at step 4 (lr after each step)
+    assert [e["lr"] for e in log["steps"]] == pytest.approx([5e-4, 1e-3, 5e-4, 0.0])
+
+
+def test_multi_resolution_buckets_keep_the_grid_and_never_upscale(tmp_path):
+    from iclora_train.data import load_train_data
+
+    ds = write_dataset(tmp_path / "ds", 2)  # 192x64, 1x3 panels of 64
+    data = load_train_data(str(ds), tiny_cfg(resolutions=[32, 64, 512]))
+    buckets = data.buckets()
+    assert sorted(buckets) == [(48, 16), (96, 32), (192, 64)]  # ~32^2, ~64^2, own size (512^2 is larger)
+    for (w, h), items in buckets.items():
+        assert len(items) == 2 and w % 3 == 0 and (w // 3) % 16 == 0 and h % 16 == 0
+    assert load_train_config(None, preset="ic-lora-24gb").resolutions == [512, 768, 1024, 1280, 1536]
+
+
+def test_the_lora_file_applies_the_same_delta_in_diffusers_and_comfyui(dataset, tmp_path):
+    """diffusers' loader and ComfyUI's convention (delta = up @ down * alpha / rank, alpha from the
+    ``<module>.alpha`` tensor) must change every weight alike; alpha != rank makes a wrong scale show."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    result = train_lora(dataset, tmp_path / "lora", tiny_cfg(steps=2, rank=4, alpha=8, learning_rate=1e-2),
+                        progress=False)
+    state = load_file(str(result.weights))
+    downs = {k[: -len(".lora_A.weight")]: v for k, v in state.items() if k.endswith(".lora_A.weight")}
+    assert downs and {v.dtype for k, v in state.items() if not k.endswith(".alpha")} == {torch.bfloat16}
+    base = FluxPipeline.from_pretrained(tiny_flux_path(), dtype=torch.float32).transformer
+    pipe = FluxPipeline.from_pretrained(tiny_flux_path(), dtype=torch.float32)
+    pipe.load_lora_weights(str(result.lora_dir))
+    pipe.fuse_lora()
+    for module, down in downs.items():
+        up, alpha = state[f"{module}.lora_B.weight"], state[f"{module}.alpha"].item()
+        assert alpha == 8.0
+        comfy = up.float() @ down.float() * alpha / down.shape[0]
+        name = module.removeprefix("transformer.")
+        fused = pipe.transformer.get_submodule(name).get_base_layer().weight
+        torch.testing.assert_close(fused - base.get_submodule(name).weight, comfy, rtol=1e-3, atol=1e-6)
