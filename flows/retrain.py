@@ -39,15 +39,18 @@ def dataset_fingerprint(dataset: Path) -> str:
     return content_key("dataset", [(s.name, file_sha256(s)) for s in shards])
 
 
-def sample_preset(config: dict[str, Any] | None, preset: str | None) -> str:
-    """Validation sets are drawn at a preset's size: the one given, else the build's."""
-    from iclora_data.presets import get_preset
+def sample_preset(config: dict[str, Any] | None, preset: str | None) -> str | None:
+    """The preset validation sets are drawn at: the one given, else the build's; None when neither names
+    one, and the sampler then uses the grid and size the LoRA was trained at (its training_config.json)."""
+    from iclora_data.presets import UnknownPresetError, get_preset
 
     chosen = preset or ((config or {}).get("compose") or {}).get("preset")
     if not chosen:
-        raise RetrainError("retrain samples validation sets at a preset's size: give a sample preset "
-                           "(--sample-preset NAME) or build with --preset NAME")
-    get_preset(chosen)  # an unknown name is one clear error before any work
+        return None
+    try:
+        get_preset(chosen)  # an unknown name is one clear error before any work
+    except UnknownPresetError as exc:
+        raise RetrainError(f"--sample-preset: {exc}") from None
     return str(chosen)
 
 
@@ -62,8 +65,8 @@ def train_task(dataset: str, lora_dir: str, train: dict[str, Any], resume: bool 
     return {"weights": str(result.weights), "step": result.step, "losses": result.losses}
 
 
-@task(name="sample", task_run_name="sample {preset}", cache_policy=NO_CACHE, persist_result=False)
-def sample_task(dataset: str, lora_dir: str, train: dict[str, Any], preset: str, count: int, steps: int,
+@task(name="sample", task_run_name="sample {count} sets", cache_policy=NO_CACHE, persist_result=False)
+def sample_task(dataset: str, lora_dir: str, train: dict[str, Any], preset: str | None, count: int, steps: int,
                 scale: float, seed: int) -> list[str]:
     from iclora_train.config import TrainConfig
     from iclora_train.data import load_train_data
@@ -143,7 +146,7 @@ def retrain(source: str, out: str, lora_dir: str, config: dict[str, Any] | None 
         log.info("resuming the unfinished retrain of this dataset from its checkpoints")
     trained = train_task(str(dataset), lora_dir, train_cfg, resume)
     sampled: list[str] = []
-    if chosen_preset:
+    if samples:
         sampled = sample_task(str(dataset), lora_dir, train_cfg, chosen_preset, samples, sample_steps,
                               sample_scale, int(train_cfg["seed"]))
     card = model_card_task(lora_dir, trained["step"], sampled)

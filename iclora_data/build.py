@@ -92,11 +92,13 @@ class BuildResult:
     captioner: str | None = None
     rejects: list[dict[str, Any]] = field(default_factory=list)
     rewritten: list[str] = field(default_factory=list)  # the outputs this run changed (names under OUT)
+    captions: dict[str, Any] | None = None  # caption.caption_outcome of this run (None: no caption stage)
+    warnings: list[str] = field(default_factory=list)  # said loudly by the CLI (e.g. most captions failed)
 
     def as_dict(self) -> dict[str, Any]:
         """The flow's return value (a JSON-friendly summary)."""
         return {"counts": self.counts, "decoded_images": self.decoded_images, "out": str(self.out),
-                "rewritten": list(self.rewritten)}
+                "rewritten": list(self.rewritten), "captions": self.captions, "warnings": list(self.warnings)}
 
 
 # --- shards -------------------------------------------------------------------------------------------
@@ -157,15 +159,21 @@ def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Execu
     progress.advance("dedup")
 
     captions: dict[str, CaptionRecord] = {}
+    outcome: dict[str, Any] | None = None
     if cfg.until != "compose":
         kept = [p.composite for p in prepared if p.composite is not None
                 and decisions.get(p.set_id, _NONE).status == "kept"]
-        captions = caption_composites(kept, layout, cfg.caption, executor, progress, size)
+        # a captioner that cannot serve raises CaptionRunError here, before the commit: nothing changes
+        captions, outcome = caption_composites(kept, layout, cfg.caption, executor, progress, size)
         decisions = reject_failed_captions(decisions, captions.values())
     if not source_exists(source):
         raise SourceVanishedError(f"SOURCE {source} disappeared during the build; nothing was changed in "
                                   f"{layout.root}")
-    return _commit(ingested, prepared, decisions, captions, cfg, layout, decoded, started, progress)
+    result = _commit(ingested, prepared, decisions, captions, cfg, layout, decoded, started, progress, outcome)
+    result.captions = outcome
+    if outcome is not None and outcome["warning"]:
+        result.warnings.append(outcome["warning"])
+    return result
 
 
 _NONE = SetDecision("", "rejected", "")
@@ -209,11 +217,17 @@ def _prepare(shards: list[Shard], cfg: BuildConfig, layout: OutDir, executor: Ex
 
 def reject_failed_captions(decisions: Mapping[str, SetDecision],
                            captions: Iterable[CaptionRecord]) -> dict[str, SetDecision]:
-    """A set whose caption failed leaves the dataset: it becomes a rejected set with the reason."""
+    """A set whose caption failed leaves the dataset: it becomes a rejected set with the reason. A set
+    whose new caption failed but that kept its previous caption stays, with a warning saying so."""
+    from iclora_data.records import KEPT_PREVIOUS_CAPTION
+
     updated = dict(decisions)
     for r in captions:
         if r.status == "failed":
             updated[r.set_id] = SetDecision(r.set_id, "rejected", f"captioning failed: {r.error}")
+        elif r.error and r.error.startswith(KEPT_PREVIOUS_CAPTION) and r.set_id in updated:
+            old = updated[r.set_id]
+            updated[r.set_id] = dataclasses.replace(old, warnings=[*old.warnings, r.error])
     return updated
 
 
@@ -250,15 +264,32 @@ def _prompt_digest(settings: CaptionSettings) -> str:
 
 
 def caption_composites(kept: Sequence[CompositeRecord], layout: OutDir, settings: CaptionSettings,
-                       executor: Executor, progress: ProgressListener, shard_size: int) -> dict[str, CaptionRecord]:
-    """Caption records of ``kept``, by set id. Cached ones come from the run store with no import of the
-    caption package; the rest are captioned in shards on ``executor``."""
+                       executor: Executor, progress: ProgressListener,
+                       shard_size: int) -> tuple[dict[str, CaptionRecord], dict[str, Any]]:
+    """Caption records of ``kept`` by set id, and the run's caption figures (``caption.caption_outcome``).
+
+    The rules (docs/ARCHITECTURE.md, "Captions"): captions people edited (``OUT/captions-edited/``) win;
+    cached ones come from the run store with no import of the caption package; the rest are captioned in
+    shards on ``executor``, after one probe of the captioner, so a captioner that cannot serve raises
+    CaptionRunError before any shard starts. A set whose new caption fails keeps the caption OUT already
+    had for the same composite."""
     store = RunStore(layout.root)
     progress.start("caption", len(kept))
     prompt_digest = _prompt_digest(settings)
     records: dict[str, CaptionRecord] = {}
     todo: list[tuple[CompositeRecord, str]] = []
+    edited: dict[str, Any] = {}
+    if layout.captions_edited.is_dir():
+        from iclora_data.caption.review import load_edited
+
+        edited = load_edited(layout.root)
     for rec in kept:
+        edit = edited.get(rec.set_id)
+        if edit is not None and len(edit.panels) == len(rec.panel_boxes):
+            from iclora_data.caption.run import human_record
+
+            records[rec.set_id] = human_record(rec, content_key("human-caption", rec.key, edit.caption), edit)
+            continue
         index_key = _caption_index_key(rec, settings, prompt_digest)
         cached = store.get_json(CAPTION_INDEX, index_key)
         if cached is not None:
@@ -268,17 +299,34 @@ def caption_composites(kept: Sequence[CompositeRecord], layout: OutDir, settings
             todo.append((rec, index_key))
     progress.advance("caption", len(records))
     if not todo:
-        return records
+        return records, _caption_outcome(records, settings, asked=False)
+    from iclora_data.caption import check_captioner
+    from iclora_data.caption.run import keep_previous_caption
+
+    check_captioner(settings)  # an openai server is probed: unreachable, refused or unknown model fail here
+    previous = load_captions(layout.root)  # the last commit's captions
     shards = make_shards(todo, shard_size)
     names = [shard_name("caption", i, [r.set_id for r, _ in shard]) for i, shard in enumerate(shards)]
     fn = functools.partial(caption_shard, out=str(layout.root), settings=settings)
     for index, results in executor.map(fn, [[r for r, _ in shard] for shard in shards], names):
         for (rec, index_key), cap in zip(shards[index], results, strict=True):
-            if cap.status == "ok":
+            if cap.status == "ok" and cap.source == "model":
                 store.put_json(CAPTION_INDEX, index_key, to_dict(cap))
-            records[rec.set_id] = cap
+            records[rec.set_id] = keep_previous_caption(cap, previous.get(rec.set_id), rec) or cap
         progress.advance("caption", len(results))
-    return records
+    return records, _caption_outcome(records, settings, asked=True)
+
+
+def _caption_outcome(records: Mapping[str, CaptionRecord], settings: CaptionSettings, asked: bool) -> dict[str, Any]:
+    """The run's caption figures; the caption package is imported only when it captioned something."""
+    if not asked:  # every caption was edited or cached: the same figures, none failed
+        by_source = {source: sum(r.source == source for r in records.values())
+                     for source in ("model", "human", "sidecar")}
+        return {"sets": len(records), **by_source, "failed": 0, "kept_previous": 0, "failed_share": 0.0,
+                "mostly_failed": False, "warning": None, "notes": []}
+    from iclora_data.caption import caption_outcome, captioner_notes
+
+    return caption_outcome(list(records.values()), captioner_notes(settings))
 
 
 _LOCAL_MODEL_LOCK = threading.Lock()
@@ -311,7 +359,7 @@ def store_image(layout: OutDir, rec: CompositeRecord) -> Path:
 
 def _commit(ingested: IngestResult, prepared: list[PreparedSet], decisions: Mapping[str, SetDecision],
             captions: Mapping[str, CaptionRecord], cfg: BuildConfig, layout: OutDir, decoded: int,
-            started: str, progress: ProgressListener) -> BuildResult:
+            started: str, progress: ProgressListener, caption_outcome: Mapping[str, Any] | None = None) -> BuildResult:
     """Stage every output, then put them in place (docs/ARCHITECTURE.md, "The commit step").
 
     Staging (the part that can fail on bad luck: disk full, a broken thumbnail) writes only temporary
@@ -352,9 +400,11 @@ def _commit(ingested: IngestResult, prepared: list[PreparedSet], decisions: Mapp
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "until": cfg.until,
             "iclora_version": __version__, "captioner": captioner_id,
             "prompt_version": _prompt_version() if captioned else None,
-            "counts": counts, "decoded_images": decoded}
+            "counts": counts, "decoded_images": decoded, "captions": dict(caption_outcome or {}) or None}
         # what the dataset and the gallery show, without the run's timestamps
-        stable_build = {k: v for k, v in build.items() if k not in ("started_at", "finished_at", "decoded_images")}
+        # (and without this run's caption figures: a re-run that found every caption cached shows the same)
+        stable_build = {k: v for k, v in build.items()
+                        if k not in ("started_at", "finished_at", "decoded_images", "captions")}
 
         dataset_tmp: Path | None = None
         stage_dataset_changed = False

@@ -31,6 +31,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def warn(result: dict[str, Any]) -> None:
+    """A build's warnings (e.g. most captions failed), one ``warning:`` line each, on stderr."""
+    for message in result.get("warnings") or []:
+        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _prefect_env(verbose: bool) -> None:
     """Quiet, offline-friendly Prefect defaults, set before Prefect is imported."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
@@ -149,6 +155,7 @@ def build(
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora build -> {out}"))
+    warn(result)
     out_console.print(f"ledger: {out / 'report.json'}")
     if (out / "gallery.html").exists():
         out_console.print(f"gallery: {out / 'gallery.html'}")
@@ -212,7 +219,8 @@ def retrain(
     train_config: Annotated[Path | None, typer.Option(help="YAML file of training settings.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps. (default 5000)")] = None,
     scale: Annotated[float | None, typer.Option(help="Train at this fraction of the composite size.")] = None,
-    sample_preset: Annotated[str | None, typer.Option(help="Preset of the validation sets (default: --preset).")]
+    sample_preset: Annotated[str | None, typer.Option(help="Preset of the validation sets (default: --preset, else "
+                                                         "the grid the LoRA trained at).")]
     = None,
     samples: Annotated[int, typer.Option(help="Validation sets to sample after training (0: none).")] = 2,
     sample_steps: Annotated[int, typer.Option(help="Denoising steps of each validation set.")] = 20,
@@ -279,23 +287,48 @@ def caption_cmd(
     backend: Annotated[str | None, typer.Option(help="transformers or openai.")] = None,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
     prompt_file: Annotated[Path | None, typer.Option(help="Replace the built-in caption instructions.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the server's API key.")]
+    = None,
+    concurrency: Annotated[int | None, typer.Option(help="openai: requests kept in flight (default 16).")] = None,
+    extra_body: Annotated[str | None, typer.Option(help="openai: JSON object merged into every request, e.g. "
+                                                        "'{\"repetition_penalty\": 1.05}'.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact prompt and image sizes one set "
+                                                            "would be sent with; send nothing.")] = False,
+    set_id: Annotated[str | None, typer.Option("--set", help="With --dry-run: the set to show.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config.")] = None,
     runner: Annotated[str, typer.Option(help="prefect (default) or local (no Prefect); see iclora build.")]
     = "prefect",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Re-caption an existing build and re-publish its dataset (the Prefect flow caption, or --runner local)."""
+    import json
+
     from iclora_data.config import load_config
 
     if not (out / "report.json").exists():
         fail(f"{out} holds no finished build (no report.json): run `iclora build SOURCE --out {out}` first")
     try:
+        extra = None
+        if extra_body is not None:
+            try:
+                extra = json.loads(extra_body)
+            except ValueError as exc:
+                fail(f"--extra-body is not JSON: {exc}")
+            if not isinstance(extra, dict):
+                fail("--extra-body must be a JSON object")
         cfg = load_config(config, {"caption.model": model, "caption.backend": backend,
                                    "caption.base_url": base_url,
-                                   "caption.prompt_file": str(prompt_file) if prompt_file else None})
+                                   "caption.prompt_file": str(prompt_file) if prompt_file else None,
+                                   "caption.api_key_env": api_key_env, "caption.concurrency": concurrency,
+                                   "caption.extra_body": extra})
+        if dry_run:  # sends nothing, so it needs no server
+            from iclora_data.caption.review import dry_run as show_request
+
+            out_console.print(show_request(out, cfg.caption, set_id).text(), markup=False, highlight=False)
+            return
         from iclora_data.caption import check_captioner
 
-        check_captioner(cfg.caption)
+        check_captioner(cfg.caption)  # an openai server is probed: a dead URL fails here, in seconds
         from flows.runners import RunnerError, check_runner
 
         name = check_runner(runner)
@@ -313,6 +346,7 @@ def caption_cmd(
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora caption -> {out}"))
+    warn(result)
 
 
 @app.command()
@@ -352,6 +386,46 @@ def export(
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(f"exported {format} data to {path}")
+
+
+captions_app = typer.Typer(no_args_is_help=True, help="Review captions: export them to edit, import the edits.")
+app.add_typer(captions_app, name="captions")
+
+
+@captions_app.command("export")
+def captions_export(
+    out: Annotated[Path, typer.Argument(help="A finished build's OUT folder.")],
+    dest: Annotated[Path, typer.Argument(help="Folder to write one editable JSON file per set into.")],
+) -> None:
+    """Write each set's caption (summary, panels, rendered caption) to DEST/<set>.json for editing."""
+    from iclora_data.caption.review import export_captions
+
+    try:
+        count = export_captions(out, dest)
+    except IcloraError as exc:
+        fail(str(exc))
+    out_console.print(f"exported {count} caption(s) to {dest}; edit them, then run "
+                      f"`iclora captions import {out} {dest}`", markup=False)
+
+
+@captions_app.command("import")
+def captions_import(
+    out: Annotated[Path, typer.Argument(help="A finished build's OUT folder.")],
+    source: Annotated[Path, typer.Argument(help="Folder of edited JSON files from `iclora captions export`.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config.")] = None,
+) -> None:
+    """Keep edited captions in OUT/captions-edited/: every later build or re-caption of OUT uses them
+    (captioner `human`) over any model's."""
+    from iclora_data.caption.review import edited_dir, import_captions
+    from iclora_data.config import load_config
+
+    try:
+        cfg = load_config(config, {})
+        ids = import_captions(out, source, cfg.caption)
+    except IcloraError as exc:
+        fail(str(exc))
+    out_console.print(f"imported {len(ids)} edited caption(s) into {edited_dir(out)}; they apply at the next "
+                      f"`iclora caption {out}` or build", markup=False)
 
 
 def _register_train_commands() -> None:

@@ -21,6 +21,7 @@ TEMP_PREFIX = ".iclora-tmp-"
 
 COMPOSITES = "composites"
 CAPTIONS = "captions"
+CAPTIONS_EDITED = "captions-edited"  # captions people edited (iclora captions import); written by no build
 REPORT = "report.json"
 BUILD = "build.json"
 DATASET = "dataset"
@@ -42,6 +43,10 @@ class OutDir:
     @property
     def captions(self) -> Path:
         return self.root / CAPTIONS
+
+    @property
+    def captions_edited(self) -> Path:
+        return self.root / CAPTIONS_EDITED
 
     @property
     def report(self) -> Path:

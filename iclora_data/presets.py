@@ -2,7 +2,8 @@
 
 Sizes and grids follow the released IC-LoRA task data (DESIGN.md, Composites). A preset's
 ``prefix`` opens the training prompt and ``panel_tags`` name the panels in reading order
-(row-major). ``names_characters`` asks the captioner to name recurring people as ``<Name>``.
+(row-major), as IC-LoRA's released prompts have them. ``names_characters`` asks the captioner to
+name recurring people ``<Name>``: only movie shots do, as in IC-LoRA's data.
 """
 
 from __future__ import annotations
@@ -39,22 +40,23 @@ PRESETS: dict[str, Preset] = {
         Preset("film-storyboard", 1024, 1536, 3, 1, ("[SCENE-1]", "[SCENE-2]", "[SCENE-3]"),
                "three consecutive shots of one film scene", prefix="[MOVIE-SHOTS]", names_characters=True),
         Preset("couple-profile", 2048, 1024, 1, 2, ("[LEFT]", "[RIGHT]"),
-               "a pair of matching profile portraits of a couple", names_characters=True),
+               "a pair of matching profile portraits of a couple"),
         Preset("font-design", 1792, 1216, 2, 2, CORNER_TAGS,
                "one typeface or lettering style shown in four designs"),
         Preset("home-decoration", 1344, 1728, 2, 2, CORNER_TAGS,
                "four views of one interior design style"),
         Preset("portrait-photography", 1344, 1728, 2, 2, CORNER_TAGS,
-               "four portrait photographs of the same person in one shoot", names_characters=True),
+               "four portrait photographs of the same person in one shoot"),
         Preset("portrait-illustration", 1152, 1088, 1, 2, ("[LEFT]", "[RIGHT]"),
-               "a photograph and an illustrated portrait of the same person", names_characters=True),
+               "a photograph and an illustrated portrait of the same person"),
         Preset("ppt-templates", 1984, 1152, 2, 2, CORNER_TAGS,
                "four slides of one presentation template"),
         Preset("sandstorm-vfx", 1408, 1600, 2, 1, ("[TOP]", "[BOTTOM]"),
-               "a subject before and after a sandstorm visual effect", names_characters=True),
+               "a subject before and after a sandstorm visual effect", prefix="[SANDSTORM-PSA]"),
         Preset("sparklers-vfx", 960, 1088, 2, 1, ("[TOP]", "[BOTTOM]"),
-               "a subject before and after a sparklers visual effect", names_characters=True),
-        Preset("visual-identity", 1472, 1024, 1, 2, ("[IMAGE1]", "[IMAGE2]"),
+               "a subject before and after a sparklers visual effect",
+               prefix="[REAL-SPARKLERS-OVERLAYS]"),
+        Preset("visual-identity", 1472, 1024, 1, 2, ("[LEFT]", "[RIGHT]"),
                "a brand's visual identity: a logo or design and its application"),
     )
 }

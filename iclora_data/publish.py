@@ -353,6 +353,7 @@ PUBLIC_SETTINGS: dict[str, tuple[str, ...]] = {
 def public_model_id(model: str) -> str:
     """A hub id stays as it is; a local path (which may name a person's folders) becomes its last part."""
     backend, sep, rest = model.partition(":") if re.match(r"^[a-z]+:", model) else ("", "", model)
+    rest = re.sub(r"@https?://\S+", "", rest)  # an openai captioner's server URL (caption.captioner_id)
     if rest.startswith(("/", "~", "./", "../")) or re.match(r"^[A-Za-z]:[\\/]", rest) or rest.count("/") > 1:
         rest = re.split(r"[\\/]", rest.rstrip("/\\"))[-1]
     return f"{backend}{sep}{rest}"

@@ -170,6 +170,10 @@ class SetDecision:
     warnings: list[str] = field(default_factory=list)
 
 
+# a caption record's ``error`` when the set's new caption failed and its previous one was kept
+KEPT_PREVIOUS_CAPTION = "kept the previous caption: the new one failed: "
+
+
 @dataclass
 class CaptionRecord:
     """A joint caption of one composite."""
@@ -182,7 +186,7 @@ class CaptionRecord:
     panels: list[str] = field(default_factory=list)
     caption: str = ""  # the rendered training prompt
     captioner: str = ""  # model id / backend, e.g. "transformers:Qwen/Qwen2.5-VL-7B-Instruct"
-    source: Literal["model", "sidecar"] = "model"
+    source: Literal["model", "sidecar", "human"] = "model"  # human: edited (iclora captions import)
     error: str | None = None
     attempts: int = 0
 

@@ -114,7 +114,8 @@ def test_tiny_qwen2_5_vl_captions_well_formed(tmp_path: Path, composites: tuple[
     model_dir = build_tiny_model(tmp_path / "tiny-qwen2.5-vl", "qwen2_5_vl")
     assert json.loads((model_dir / "config.json").read_text())["model_type"] == "qwen2_5_vl"
     settings = CaptionSettings(model=str(model_dir), dtype="float32", max_chars=24, max_new_tokens=600,
-                               min_pixels=56 * 56, max_pixels=112 * 112, max_attempts=1)
+                               min_pixels=56 * 56, max_pixels=112 * 112, max_attempts=1,
+                               checks="structure")  # random weights: its words are noise
     records = caption_sets(comps[:2], folder, RunStore(tmp_path / "out"), settings)
     for rec, comp in zip(records, comps, strict=False):
         assert rec.status == "ok" and len(rec.panels) == len(comp.panel_boxes), rec.error
@@ -178,3 +179,20 @@ def test_retries_sample_so_they_can_differ_from_the_greedy_answer(
     assert retry != greedy
     assert isinstance(retry[0], str)
     parse_caption(retry[0], 2)
+
+
+def test_model_that_cannot_load_fails_the_run_not_its_sets(
+        tmp_path: Path, composites: tuple[Path, list[CompositeRecord]]) -> None:
+    import shutil
+
+    from iclora_data.caption import CaptionRunError
+
+    broken = tmp_path / "broken-weights"
+    shutil.copytree(tiny_model_dir(), broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    folder, comps = composites
+    settings = TINY.model_copy(update={"model": str(broken)})
+    check_captioner(settings)  # the config is fine: only loading finds the damage
+    with pytest.raises(CaptionRunError, match="cannot load caption model"):
+        caption_sets(comps[:2], folder, RunStore(tmp_path / "out"), settings)

@@ -183,15 +183,25 @@ def test_a_transient_compose_failure_is_retried_and_bad_data_is_not(tmp_path, mo
     assert sorted(calls) == ["broken", "set-0000", "set-0001"]  # each tried once: bad data is not retried
 
 
-def test_retrain_without_a_sample_preset_is_one_clear_error_before_any_work(tmp_path):
+def test_retrain_with_an_unknown_sample_preset_is_one_clear_error_before_any_work(tmp_path):
     from iclora_data.cli import app
 
     source = many_sets(tmp_path / "SOURCE", 1)
     result = CliRunner().invoke(app, ["retrain", str(source), "--out", str(tmp_path / "OUT"), "--lora-dir",
-                                      str(tmp_path / "LORA"), "--model", "tiny-random", "--base", "tiny-random"])
+                                      str(tmp_path / "LORA"), "--model", "tiny-random", "--base", "tiny-random",
+                                      "--sample-preset", "film-storyboardd"])
     assert result.exit_code == 2
-    assert result.output.startswith("error: retrain samples validation sets at a preset's size")
+    assert result.output.startswith("error: ") and "film-storyboardd" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "OUT" / "report.json").exists()
+
+
+def test_retrain_samples_at_the_trained_grid_when_no_preset_is_named():
+    from flows.retrain import sample_preset
+
+    assert sample_preset({"compose": {"preset": None}}, None) is None  # the sampler reads training_config.json
+    assert sample_preset({"compose": {"preset": "couple-profile"}}, None) == "couple-profile"
+    assert sample_preset({"compose": {"preset": "couple-profile"}}, "font-design") == "font-design"
 
 
 def test_the_flow_runs_one_task_per_shard_named_by_its_sets(tmp_path, prefect_harness):

@@ -1,5 +1,5 @@
 """End-to-end retraining on tiny random models: build -> train -> sample -> model card, artifacts,
-no retraining on unchanged data, retraining when a set is added, and a clear error without a preset."""
+no retraining on unchanged data, retraining when a set is added, and sampling without a preset."""
 
 from __future__ import annotations
 
@@ -75,11 +75,21 @@ def test_retrain_builds_trains_samples_and_skips_unchanged_data(tmp_path):
     assert third["step"] == 2  # a fresh run on the new data, not a resume of the old one
 
 
-def test_retrain_without_a_preset_fails_before_building(tmp_path):
-    from flows.retrain import RetrainError, retrain
+def test_retrain_without_a_preset_samples_at_the_grid_it_trained_on(tmp_path):
+    from datasets import load_dataset
+
+    from flows.retrain import retrain
 
     source = many_sets(tmp_path / "SOURCE", 2)
-    with pytest.raises(RetrainError, match="--sample-preset"):
-        retrain(str(source), str(tmp_path / "OUT"), str(tmp_path / "LORA"), {"caption": {"model": "tiny-random"}},
-                TRAIN)
-    assert not (tmp_path / "OUT").exists()
+    out, lora = tmp_path / "OUT", tmp_path / "LORA"
+    result = retrain(str(source), str(out), str(lora), {"caption": {"model": "tiny-random"}}, TRAIN, samples=1,
+                     sample_steps=2, sample_scale=SCALE)
+    row = load_dataset("parquet", data_dir=str(out / "dataset" / "data"), split="train")[0]
+    [composite] = result["samples"]
+    with Image.open(composite) as im:
+        width, height = im.size
+    # automatic layout: the sample has the dataset's grid and aspect, drawn at the sampling scale
+    panels = sorted((lora / "samples").glob(f"{composite.split('/')[-2]}/panel-*.png"))
+    assert len(panels) == row["rows"] * row["cols"] == 2
+    assert abs(width / height - row["width"] / row["height"]) < 0.15 * row["width"] / row["height"]
+    assert width < row["width"] and height < row["height"]

@@ -111,8 +111,8 @@ def test_split_composite_returns_panels_in_reading_order() -> None:
     ("four slides; [TOP-LEFT] a; [TOP-RIGHT] b; [BOTTOM-LEFT] c; [BOTTOM-RIGHT] d", "2x2"),
     ("[LEFT] a photo [RIGHT] a drawing", "1x2"),
     ("[SANDSTORM-PSA] [TOP] before [BOTTOM] after", "2x1"),
-    ("[IMAGE1] a logo [IMAGE2] on a cup", "1x2"),  # visual-identity
-    ("[IMAGE1] a [IMAGE2] b [IMAGE3] c", None),  # across or down: not told
+    ("[IMAGE1] a logo [IMAGE2] on a cup", None),  # numbered tags: side by side or stacked, not told
+    ("[IMAGE1] a [IMAGE2] b [IMAGE3] c", None),
     ("a picture with no tags", None),
     ("[SCENE-1] only one of three", None),
 ])

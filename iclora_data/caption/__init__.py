@@ -6,22 +6,26 @@ Public API (light to import: models load only when captioning starts):
 - ``check_captioner(settings)``: cheap checks before any work; ``load_captioner(settings)``: load once
 - ``caption_sets(composites, composites_dir, store, settings, ...)``: caption a build's composites
 - ``caption_key(composite, settings)``: a caption's store key, for cheap re-run checks
-- ``render_caption``, ``caption_schema``, ``parse_caption``, ``PROMPT_VERSION``
+- ``render_caption``, ``caption_schema``, ``caption_grammar``, ``parse_caption``, ``PROMPT_VERSION``
+- ``CaptionRunError``: the backend failed (a failure of the run, never of a set)
 """
 
-from iclora_data.caption.base import Captioner, CaptionerError, CaptionRequest, captioner_id
+from iclora_data.caption.base import Captioner, CaptionerError, CaptionRequest, CaptionRunError, captioner_id
 from iclora_data.caption.prompts import PROMPT_VERSION, PromptTemplateError, load_template
 from iclora_data.caption.run import (
+    EditedCaption,
     caption_key,
+    caption_outcome,
     caption_sets,
+    captioner_notes,
     check_captioner,
     effective_settings,
     load_captioner,
     sidecar_caption,
 )
 from iclora_data.caption.schema import (
-    MAX_WORDS,
     CaptionValidationError,
+    caption_grammar,
     caption_schema,
     parse_caption,
     render_caption,
@@ -29,8 +33,9 @@ from iclora_data.caption.schema import (
 from iclora_data.caption.settings import CaptionSettings
 
 __all__ = [
-    "MAX_WORDS", "PROMPT_VERSION", "CaptionRequest", "CaptionSettings", "CaptionValidationError", "Captioner",
-    "CaptionerError", "PromptTemplateError", "caption_key", "caption_schema", "caption_sets", "captioner_id",
+    "PROMPT_VERSION", "CaptionRequest", "CaptionRunError", "CaptionSettings", "CaptionValidationError", "Captioner",
+    "CaptionerError", "EditedCaption", "PromptTemplateError", "caption_grammar", "caption_key", "caption_outcome",
+    "caption_schema", "caption_sets", "captioner_id", "captioner_notes",
     "check_captioner", "effective_settings", "load_captioner", "load_template", "parse_caption",
     "render_caption", "sidecar_caption",
 ]

@@ -16,8 +16,18 @@ if TYPE_CHECKING:
     from iclora_data.caption.settings import CaptionSettings
 
 
+# a retry after a greedy answer failed must sample, or it repeats the same answer
+RETRY_TEMPERATURE = 0.7
+
+
 class CaptionerError(IcloraError):
     """The captioner cannot be used at all (missing model, not a vision-language model, bad backend)."""
+
+
+class CaptionRunError(CaptionerError):
+    """The backend itself failed (unreachable server, refused credentials, unknown model, a model that
+    cannot load): a failure of the whole run, never of one set. The build stops before it changes any
+    visible output; the message is one line, already scrubbed of secrets."""
 
 
 @dataclass
@@ -29,6 +39,7 @@ class CaptionRequest:
     instruction: str
     schema: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    grammar: str | None = None  # EBNF for local constrained decoding (schema.caption_grammar); None: the schema
 
     @property
     def n(self) -> int:
@@ -37,10 +48,20 @@ class CaptionRequest:
 
 class Captioner(Protocol):
     """A loaded captioner. ``generate`` answers each request with the model's raw text, or with the
-    exception that stopped that request (a transport error); it never raises for one bad set."""
+    exception that stopped that request (a bad answer); it never raises for one bad set, and raises
+    CaptionRunError when the backend itself fails.
+
+    The run keeps ``concurrency`` calls of ``batch_size`` requests each in flight (a sliding window):
+    a local model takes batches one at a time, a server takes many single requests at once."""
 
     id: str  # e.g. "transformers:Qwen/Qwen2.5-VL-7B-Instruct@main"; part of the caption key
     batch_size: int  # requests handed to one generate() call
+    concurrency: int  # generate() calls in flight at once
+    notes: list[str]  # what changed during the run and the ledger must say (e.g. a response_format fallback)
+
+    def probe(self) -> None:
+        """One cheap request before any work; raises CaptionRunError when the backend cannot serve."""
+        ...
 
     def generate(self, requests: Sequence[CaptionRequest], attempt: int) -> list[str | Exception]: ...
 

@@ -1,25 +1,23 @@
-"""The structured caption: its JSON schema, its checks, and its rendering into a training prompt.
+"""The structured caption: its JSON schema and grammar, its parsing, and recovering it from a rendered
+prompt.
 
-A captioner answers ``{"summary": str, "panels": [str, ... exactly n]}``; the renderer joins it
-with the preset's tags (``[MOVIE-SHOTS] <summary> [SCENE-1] <p1> ...``), or, for layouts without a
-prefix, ``This four-panel image shows <summary>; [TOP-LEFT] <p1> ...``.
+A captioner answers ``{"summary": str, "panels": [str, ... exactly n]}``; ``style.render_caption`` joins
+it with the preset's prefix, opener and tags in IC-LoRA's style; ``quality.check_caption`` judges it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from iclora_data.caption.style import clean_text, render_caption, style_for
 from iclora_data.layout import Layout
 from iclora_data.records import CompositeRecord
 
-MAX_WORDS = 512  # IC-LoRA keeps its prompts under 512 words (T5 context)
-
-_COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
-                9: "nine", 10: "ten", 11: "eleven", 12: "twelve"}
+__all__ = ["CaptionValidationError", "StructuredCaption", "caption_grammar", "caption_schema", "parse_caption",
+           "render_caption", "split_rendered"]
 
 
 class CaptionValidationError(ValueError):
@@ -33,21 +31,24 @@ class StructuredCaption:
 
 
 def caption_schema(n: int, max_chars: int | None = None, *, plain_ascii: bool = False) -> dict[str, Any]:
-    """JSON schema of a caption of ``n`` panels (exactly n panel descriptions, none empty).
+    """JSON schema of a caption of ``n`` panels (exactly n panel descriptions), for servers'
+    ``response_format``.
 
-    ``max_chars`` caps each text. ``plain_ascii`` (needs ``max_chars``) allows only printable ASCII
-    starting with a letter and without quotes or backslashes, so every character is one token of a
-    byte-level vocabulary and an answer's length in tokens is bounded: used for the tiny test model."""
+    Texts carry no ``minLength``/``maxLength``: xgrammar (vLLM's and SGLang's default backend) compiles a
+    length bound to a character class without JSON escapes (``[^"\\\r\n]+``), which would forbid the
+    quoted words the font and slide presets need. Emptiness and length are checked after the answer
+    (``parse_caption``); the local backend uses :func:`caption_grammar`, which bounds both exactly.
+
+    ``plain_ascii`` (needs ``max_chars``) allows only printable ASCII starting with a letter and without
+    quotes or backslashes, so an answer's length in tokens of a byte-level vocabulary is bounded: used for
+    the tiny test model."""
     if n < 1:
         raise ValueError(f"a caption needs at least one panel, got {n}")
-    text: dict[str, Any] = {"type": "string", "minLength": 1}
+    text: dict[str, Any] = {"type": "string"}
     if plain_ascii:
         if max_chars is None:
             raise ValueError("plain_ascii needs max_chars")
-        # xgrammar ignores min/maxLength beside a pattern, so the pattern carries the length
         text = {"type": "string", "pattern": f"^[A-Za-z][ !#-\\[\\]-~]{{0,{max_chars - 1}}}$"}
-    elif max_chars is not None:
-        text["maxLength"] = max_chars
     return {
         "type": "object",
         "properties": {
@@ -60,50 +61,31 @@ def caption_schema(n: int, max_chars: int | None = None, *, plain_ascii: bool = 
     }
 
 
-def _tags_and_prefix(layout: Layout | CompositeRecord) -> tuple[tuple[str, ...], str]:
-    return tuple(layout.panel_tags), layout.prefix
+# A JSON string that is not empty and does not start with a space: any Unicode character except the
+# ones JSON forbids raw (quote, backslash, controls), and every JSON escape.
+_GRAMMAR_RULES = r"""
+first ::= [^"\\\x00-\x20] | escape
+rest ::= [^"\\\x00-\x1f] | escape
+escape ::= "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])
+"""
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _clean(text: str) -> str:
-    """One line of text: control characters and runs of whitespace become single spaces."""
-    return " ".join(_CONTROL.sub(" ", text).split())
-
-
-def render_caption(summary: str, panels: Sequence[str], layout: Layout | CompositeRecord) -> str:
-    """The training prompt of a structured caption, with the layout's (or composite's) tags."""
-    tags, prefix = _tags_and_prefix(layout)
-    if len(panels) != len(tags):
-        raise CaptionValidationError(f"{len(panels)} panel descriptions for {len(tags)} panels")
-    body = " ".join(f"{tag} {_clean(p)}" for tag, p in zip(tags, panels, strict=True))
-    if prefix:
-        return f"{prefix} {_clean(summary)} {body}"
-    n = len(tags)
-    count = _COUNT_WORDS.get(n, str(n))
-    return f"This {count}-panel image shows {_continue_sentence(_clean(summary)).rstrip('.;')}; {body}"
-
-
-# leading words that read wrong capitalised mid-sentence ("shows A cat"); names are left alone
-_LOWER_FIRST = {"a", "an", "the", "this", "these", "two", "three", "four", "five", "six", "several", "each"}
-
-
-def _continue_sentence(summary: str) -> str:
-    first, _, rest = summary.partition(" ")
-    if first.lower() in _LOWER_FIRST:
-        return f"{first.lower()} {rest}".strip()
-    return summary
+def caption_grammar(n: int, max_chars: int | None = None) -> str:
+    """EBNF (xgrammar's dialect) of a caption of exactly ``n`` non-empty panel texts, key order fixed
+    (the summary first), compact separators; texts may hold JSON escapes and any Unicode. ``max_chars``
+    bounds each text (an escape counts as one character)."""
+    if n < 1:
+        raise ValueError(f"a caption needs at least one panel, got {n}")
+    panels = ' ", " '.join(["text"] * n)
+    root = f'root ::= "{{\\"summary\\": " text ", \\"panels\\": [" {panels} "]}}"'
+    repeat = "*" if max_chars is None else f"{{0,{max(0, max_chars - 1)}}}"
+    return f'{root}\ntext ::= "\\"" first rest{repeat} "\\""' + _GRAMMAR_RULES
 
 
 def max_answer_tokens(n: int, max_chars: int) -> int:
     """Upper bound on the tokens of a ``plain_ascii`` answer: braces, keys and separators, plus
     each text's characters and its quotes and comma."""
     return 32 + (n + 1) * (max_chars + 4)
-
-
-def word_count(text: str) -> int:
-    return len(text.split())
 
 
 def _extract_json(text: str) -> str:
@@ -116,17 +98,17 @@ def _extract_json(text: str) -> str:
 
 
 def parse_caption(text: str, n: int, layout: Layout | CompositeRecord | None = None) -> StructuredCaption:
-    """Parse and check one answer. Raises CaptionValidationError with a person-readable reason.
+    """Parse one answer's structure. Raises CaptionValidationError with a person-readable reason.
 
     Checks: valid JSON object, ``summary`` a non-empty string, ``panels`` exactly ``n`` non-empty strings,
-    and (with ``layout``) the rendered prompt within MAX_WORDS words."""
+    and (with ``layout``) that it renders. Length and quality are ``quality.check_caption``'s."""
     if not text or not text.strip():
         raise CaptionValidationError("model returned an empty answer")
     try:
         # strict=False: a raw control character inside a string (some grammars allow it) is cleaned below
         data = json.loads(_extract_json(text), strict=False)
     except json.JSONDecodeError as exc:
-        snippet = _clean(text)[:60]
+        snippet = clean_text(text)[:60]
         raise CaptionValidationError(f"model returned malformed JSON ({exc.msg} at char {exc.pos}): {snippet!r}") \
             from None
     if not isinstance(data, dict):
@@ -138,27 +120,27 @@ def parse_caption(text: str, n: int, layout: Layout | CompositeRecord | None = N
         raise CaptionValidationError("model answer has no 'panels' list of texts")
     if len(panels) != n:
         raise CaptionValidationError(f"model returned {len(panels)} panel descriptions, expected {n}")
-    caption = StructuredCaption(_clean(summary), tuple(_clean(p) for p in panels))
+    caption = StructuredCaption(clean_text(summary), tuple(clean_text(p) for p in panels))
     if not caption.summary:
         raise CaptionValidationError("model returned an empty summary")
     empty = [i + 1 for i, p in enumerate(caption.panels) if not p]
     if empty:
         raise CaptionValidationError(f"model returned an empty description for panel {empty[0]}")
     if layout is not None:
-        words = word_count(render_caption(caption.summary, caption.panels, layout))
-        if words > MAX_WORDS:
-            raise CaptionValidationError(f"caption has {words} words, over the {MAX_WORDS}-word limit")
+        render_caption(caption.summary, caption.panels, layout)
     return caption
 
 
 def split_rendered(text: str, layout: Layout | CompositeRecord) -> StructuredCaption | None:
-    """Recover summary and panels from a caption already written with the layout's tags, in order.
+    """Recover summary and panels from a caption written with the layout's tags, each once and in order
+    (a sidecar caption, or an edited one). None when ``text`` does not carry every tag once, in order.
 
-    For sidecar captions kept as they are; None when ``text`` does not carry every tag once, in order."""
-    tags, prefix = _tags_and_prefix(layout)
-    body = _clean(text)
+    The renderer's own words (prefix, opener, joiners, final stop) are taken off again, so that
+    ``render_caption(*split_rendered(render_caption(s, p, L)), L)`` gives the same prompt back."""
+    tags, prefix = tuple(layout.panel_tags), layout.prefix
+    body = clean_text(text)
     if prefix and body.startswith(prefix):
-        body = body[len(prefix):]
+        body = body[len(prefix):].lstrip()
     positions = []
     start = 0
     for tag in tags:
@@ -167,12 +149,16 @@ def split_rendered(text: str, layout: Layout | CompositeRecord) -> StructuredCap
             return None
         positions.append(at)
         start = at + len(tag)
-    summary = body[:positions[0]].strip().rstrip(";").strip()
-    prefix_re = re.match(r"This [\w-]+-panel image shows (.*)", summary)
-    if prefix_re and not prefix:
-        summary = prefix_re.group(1).strip()
+    style = style_for(layout.preset, len(tags))
+    summary = body[:positions[0]].strip().rstrip(";,").strip()
+    if style.opener and summary.startswith(style.opener + " "):
+        summary = summary[len(style.opener):].strip()
+    elif style.opener:
+        lead = re.match(r"In this [\w-]+-panel image, (.*)", summary)
+        summary = lead.group(1) if lead else summary
     ends = positions[1:] + [len(body)]
-    panels = tuple(body[p + len(t):e].strip() for p, t, e in zip(positions, tags, ends, strict=True))
+    panels = tuple(body[p + len(t):e].strip().rstrip(";,.").strip()
+                   for p, t, e in zip(positions, tags, ends, strict=True))
     if not summary or not all(panels):
         return None
     return StructuredCaption(summary, panels)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -36,8 +36,21 @@ class CaptionSettings(BaseModel):
     # caption.txt / per-panel text a set brought: keep it as the caption, give it to the model as a hint,
     # or ignore it
     sidecar: Literal["keep", "hint", "ignore"] = "hint"
-    concurrency: int = Field(4, ge=1, le=256)  # openai: requests in flight at once
+    # openai: requests kept in flight (a sliding window); vLLM batches them on the GPU, 16 keeps it busy
+    concurrency: int = Field(16, ge=1, le=256)
     timeout_s: float = Field(120.0, gt=0.0, le=3600.0)  # openai: per request
+    probe_timeout_s: float = Field(10.0, gt=0.0, le=600.0)  # openai: the check before any work
+    # openai: server-specific request fields merged into every request body, e.g. vLLM's
+    # {"repetition_penalty": 1.05, "mm_processor_kwargs": {...}, "structured_outputs": {"grammar": ...}}
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    # the trainer's text encoder reads this many tokens (FLUX's T5: 512); a longer caption is rejected
+    max_tokens: int = Field(512, ge=16, le=4096)
+    # a T5 tokenizer (folder or hub id in the local cache) to count them; None: a conservative estimate
+    tokenizer: str | None = None
+    language: str | None = "en"  # captions in another language fail the language check; None: any
+    # which checks an answer must pass: "all" (quality checks too) or "structure" (shape and length only);
+    # None: "all", except "structure" for tiny-random whose words are noise
+    checks: Literal["all", "structure"] | None = None
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # per panel, as qwen-vl-utils counts them; None: 128*28*28 and 768*28*28 (tiny-random: 56*56 and 112*112)
@@ -96,8 +109,9 @@ class CaptionSettings(BaseModel):
                                                      DEFAULT_MAX_NEW_TOKENS)
         min_px = self.min_pixels or min_px
         max_px = self.max_pixels or max(max_px, min_px)
+        checks = self.checks or ("structure" if self.model == TINY_RANDOM else "all")
         return self.model_copy(update={"min_pixels": min_px, "max_pixels": max_px, "max_chars": max_chars,
-                                       "max_new_tokens": self.max_new_tokens or new_tokens})
+                                       "max_new_tokens": self.max_new_tokens or new_tokens, "checks": checks})
 
     @property
     def new_tokens(self) -> int:
@@ -122,4 +136,9 @@ class CaptionSettings(BaseModel):
             "min_pixels": self.min_pixels,
             "max_pixels": self.max_pixels,
             "max_chars": self.max_chars,
+            "extra_body": self.extra_body,
+            "max_tokens": self.max_tokens,
+            "tokenizer": self.tokenizer,
+            "language": self.language,
+            "checks": self.checks,
         }

@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from iclora_data.caption.base import CaptionerError, CaptionRequest
+from iclora_data.caption.base import RETRY_TEMPERATURE, CaptionerError, CaptionRequest, CaptionRunError
 from iclora_data.caption.prompts import SYSTEM_PROMPT
 from iclora_data.caption.schema import CaptionValidationError
 from iclora_data.caption.settings import TINY_RANDOM, CaptionSettings
@@ -37,7 +37,6 @@ QWEN_VL_PROCESSORS = {
     "qwen3_vl": "Qwen3VLProcessor",
     "qwen3_vl_moe": "Qwen3VLProcessor",
 }
-RETRY_TEMPERATURE = 0.7  # a retry after a greedy answer failed must sample, or it repeats the same answer
 
 
 def torchvision_usable() -> bool:
@@ -220,9 +219,9 @@ def load_model(settings: CaptionSettings) -> LoadedModel:
             if processor is None:
                 processor = processor_class_for(config.model_type).from_pretrained(source, **common)
             model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, **common)
-        except Exception as exc:  # noqa: BLE001
-            raise CaptionerError(f"cannot load caption model {settings.model}: "
-                                 f"{str(exc).splitlines()[0][:200]}") from None
+        except Exception as exc:  # noqa: BLE001 - a model that cannot load fails the run, not its sets
+            raise CaptionRunError(f"cannot load caption model {settings.model}: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
         model.to(device).eval()  # type: ignore[arg-type]
         tokenizer = processor.tokenizer
         tokenizer.padding_side = "left"  # batched generation continues every row from its own end
@@ -248,11 +247,16 @@ class TransformersCaptioner:
         self.id = captioner_id
         self.settings = settings.resolved()
         self.batch_size = settings.batch_size
+        self.concurrency = 1  # one generate() at a time per model; batching is the parallelism
+        self.notes: list[str] = []
         self.loaded = load_model(settings)
         self.generate_calls = 0  # model.generate() invocations; tests and benchmarks read it
 
+    def probe(self) -> None:
+        """Loading the model was the probe: its config, processor and weights all loaded."""
+
     # -- grammar -------------------------------------------------------------------------------------
-    def _grammar(self, schema: dict[str, Any]) -> Any:
+    def _grammar(self, request: CaptionRequest) -> Any:
         import xgrammar as xgr
 
         lm = self.loaded
@@ -262,8 +266,10 @@ class TransformersCaptioner:
                 info = xgr.TokenizerInfo.from_huggingface(lm.processor.tokenizer, vocab_size=vocab,
                                                           stop_token_ids=lm.stop_ids)
                 lm.compiler = xgr.GrammarCompiler(info)  # caches compiled grammars by schema
+        if request.grammar is not None:  # compiled grammars are cached by the compiler
+            return lm.compiler.compile_grammar(request.grammar)
         # key order kept: the model writes the summary first, then the panels
-        return lm.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
+        return lm.compiler.compile_json_schema(json.dumps(request.schema), any_whitespace=False, strict_mode=True)
 
     # -- generation ----------------------------------------------------------------------------------
     def messages(self, request: CaptionRequest) -> list[dict[str, Any]]:
@@ -302,7 +308,7 @@ class TransformersCaptioner:
             from xgrammar.contrib.hf import LogitsProcessor
 
             # one matcher per row; a fresh processor per generate() call (it keeps state)
-            kwargs["logits_processor"] = [LogitsProcessor([self._grammar(r.schema) for r in requests])]
+            kwargs["logits_processor"] = [LogitsProcessor([self._grammar(r) for r in requests])]
         threads = torch.get_num_threads()
         with lm.lock, torch.inference_mode():  # one generate at a time per model
             if lm.tiny:
