@@ -21,9 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 MOVIE = "[MOVIE-SHOTS] a harbour [SCENE-1] the pier [SCENE-2] a boat [SCENE-3] a wave"
 
 
-def build(source: str | Path, out: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def build(source: str | Path, out: Path, *args: str, env: dict[str, str] | None = None,
+          until: str = "compose") -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "iclora_data.cli", "build", str(source), "--out", str(out),
-                           "--runner", "local", "--until", "compose", *args],
+                           "--runner", "local", "--until", until, *args],
                           capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -67,14 +68,19 @@ def test_build_from_iclora_pairs_keeps_their_captions_and_grids(tmp_path: Path) 
             buf = io.BytesIO()
             canvas.save(buf, "PNG")
             zf.writestr(f"movie/{n}.png", buf.getvalue())
-            zf.writestr(f"movie/{n}.txt", MOVIE if n == "1" else "no tags here")
-    report = build(archive, tmp_path / "out", "--layout", "3x1")
+            zf.writestr(f"movie/{n}.txt", MOVIE if n == "1" else MOVIE.replace("harbour", "mountain"))
+    config = tmp_path / "keep.yaml"
+    config.write_text("caption:\n  sidecar: keep\n")  # the captions the data came with are the prompts
+    report = build(archive, tmp_path / "out", "--config", str(config), "--model", "tiny-random", until="publish")
     assert files_of(report) == Counter(["movie.zip/movie/1.png", "movie.zip/movie/1.txt",
                                         "movie.zip/movie/2.png", "movie.zip/movie/2.txt"])
-    assert status(report) == {"1": "kept", "2": "kept"}
+    assert status(report) == {"1": "kept", "2": "kept"}  # grids read from the captions' [SCENE-n] tags
     sidecar = json.loads((tmp_path / "out" / "composites" / "1.json").read_text())
     assert (sidecar["rows"], sidecar["cols"], sidecar["width"], sidecar["height"]) == (3, 1, 512, 816)
-    assert sidecar["source_caption"] == MOVIE and sidecar["preset"] == "film-storyboard"
+    assert sidecar["preset"] == "film-storyboard"
+    rows = datasets.load_dataset(str(tmp_path / "out" / "dataset"), split="train")
+    assert sorted(rows["caption"]) == sorted([MOVIE, MOVIE.replace("harbour", "mountain")])
+    assert rows["source_files"] == [["movie.zip/movie/1.png"], ["movie.zip/movie/2.png"]]
 
 
 def test_build_from_a_manifest_of_urls_fetches_each_once(tmp_path: Path) -> None:
