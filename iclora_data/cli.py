@@ -150,7 +150,9 @@ def build(
         if cfg.until != "compose":
             from iclora_data.caption import check_captioner
 
-            check_captioner(cfg.caption)  # a bad model is one clear error before any work (no weights loaded)
+            # quick: no import of the model's code, so a fully cached re-run stays cheap; the build checks fully
+            # (still before any output changes) once some set needs a caption
+            check_captioner(cfg.caption, quick=True)
         result = _run_build(runner, ray_address, verbose, source, str(out), cfg, wait)
     except IcloraError as exc:
         fail(str(exc))

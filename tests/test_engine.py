@@ -226,6 +226,32 @@ def test_cached_captions_need_no_caption_model_code(tmp_path):
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_a_cached_cli_rebuild_loads_no_caption_model_code(tmp_path):
+    """The CLI checks the captioner before a build without importing the model's code (the build checks
+    fully when a caption is needed), so an unchanged re-run through `iclora build` stays cheap."""
+    out = tmp_path / "OUT"
+    source = many_sets(tmp_path / "SOURCE", 2)
+    argv = ["iclora", "build", str(source), "--out", str(out), "--model", "tiny-random", "--runner", "local"]
+    code = (
+        "import sys\n"
+        "from iclora_data.cli import main\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "'transformers'" in first.stdout.strip().splitlines()[-1]  # the first build captions: it needs them
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_files_get_the_users_umask_not_mkstemps_private_mode(tmp_path):
     out = tmp_path / "OUT"
     source = many_sets(tmp_path / "SOURCE", 2)

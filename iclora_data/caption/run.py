@@ -61,17 +61,25 @@ def _plain_ascii(settings: CaptionSettings) -> bool:
     return settings.model == TINY_RANDOM and settings.max_chars is not None
 
 
-def check_captioner(settings: CaptionSettings) -> None:
+def check_captioner(settings: CaptionSettings, *, quick: bool = False) -> None:
     """Cheap checks before any work (no weights loaded): the prompt file, the length tokenizer, the model
     folder and its config; an openai server is probed (one small request: reachable, key accepted, model
-    served), so a bad URL fails in seconds. Raises a one-line IcloraError (CaptionRunError for a server)."""
+    served), so a bad URL fails in seconds. Raises a one-line IcloraError (CaptionRunError for a server).
+
+    ``quick``: only what needs no import of the model's code (the prompt file, a local model folder's
+    ``config.json``, the server probe). The CLI checks this way before a build, so a re-run whose captions
+    are all cached never loads transformers; the build makes the full check once some set needs a caption."""
     settings = effective_settings(settings)
     load_template(settings.prompt_file)
-    token_counter(settings.tokenizer)
+    if not quick:
+        token_counter(settings.tokenizer)
     if settings.backend == "transformers":
-        from iclora_data.caption.transformers_backend import check_model
+        from iclora_data.caption.transformers_backend import check_model, check_model_folder
 
-        check_model(settings)
+        if quick:
+            check_model_folder(settings)
+        else:
+            check_model(settings)
     elif settings.backend == "openai":
         from iclora_data.caption.openai_backend import OpenAICaptioner
 

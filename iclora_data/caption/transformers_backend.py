@@ -173,6 +173,24 @@ def _load_key(settings: CaptionSettings) -> tuple[Any, ...]:
     return (settings.model, settings.revision, settings.device, settings.dtype, settings.trust_remote_code)
 
 
+def check_model_folder(settings: CaptionSettings) -> None:
+    """The part of :func:`check_model` that needs no import of transformers: the model resolves, and a local
+    folder holds a ``config.json`` naming its model type. (tiny-random is built in: nothing to check.)"""
+    if settings.model == TINY_RANDOM:
+        return
+    source, local = resolve_model(settings)
+    if not local:
+        return  # a hub id: only transformers can tell whether its cache holds it (check_model does)
+    try:
+        config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CaptionerError(f"cannot load caption model {settings.model}: no usable config.json in that "
+                             f"folder: {exc}") from None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise CaptionerError(f"cannot load caption model {settings.model}: no usable config.json in that folder: "
+                             "it names no model_type")
+
+
 def check_model(settings: CaptionSettings) -> tuple[str, Any]:
     """Resolve the model and read its config, without weights: ``(source, config)``.
 
