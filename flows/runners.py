@@ -17,9 +17,10 @@ RUNNER_ALIASES = {"threads": "prefect"}  # the name of the prefect runner before
 TASK_RETRIES = 3
 RETRY_DELAYS = [1.0, 4.0, 16.0]  # seconds: backoff for a server or disk that needs a moment
 
-# OSErrors that say something about the input, not the moment: retrying cannot help
+# OSErrors that say something about the input or the machine, not the moment: retrying cannot help
+# (a full disk stays full for the seconds a retry waits; it is one clear error at once)
 _PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EINVAL,
-                     errno.ENAMETOOLONG, errno.ELOOP}
+                     errno.ENAMETOOLONG, errno.ELOOP, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 

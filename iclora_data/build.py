@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iclora_data import __version__
-from iclora_data.compose import prepare_shard
+from iclora_data.compose import UNREADABLE, prepare_shard
 from iclora_data.config import BuildConfig
 from iclora_data.dedup import DEFAULT_MAX_DISTANCE, deduplicate_sets
-from iclora_data.errors import IcloraError
+from iclora_data.errors import EnvironmentFailure, IcloraError, describe_os_error
 from iclora_data.executors import Executor, ThreadExecutor
-from iclora_data.ingest import IngestResult, ingest
+from iclora_data.faults import crash_point
+from iclora_data.ingest import IngestResult, check_out_is_not_source, ingest
 from iclora_data.outdir import OutDir
 from iclora_data.progress import ProgressListener, SilentProgress
 from iclora_data.records import (
@@ -53,6 +54,7 @@ from iclora_data.records import (
     to_dict,
 )
 from iclora_data.report import build_report_entries, write_report_stream
+from iclora_data.secrets import register_secret, scrub, scrub_obj
 from iclora_data.sources import hub_source, source_exists
 from iclora_data.store import (
     RunStore,
@@ -127,18 +129,28 @@ def run_build(source: str | Path, out: str | Path, config: BuildConfig | Mapping
     ``progress`` hears about each stage from this thread only. Raises IcloraError for a problem of the
     invocation or the environment; bad data is reported per set in the ledger."""
     cfg = config if isinstance(config, BuildConfig) else BuildConfig.model_validate(dict(config or {}))
+    check_out_is_not_source(source, out)  # before the lock would create OUT/.iclora inside SOURCE
     layout = OutDir(out)
     store = RunStore(layout.root)
     executor = executor or ThreadExecutor(cfg.workers)
     progress = progress or SilentProgress()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if cfg.caption.api_key_env:  # scrubbed from every message, file and log line of this process
+        register_secret(os.environ.get(cfg.caption.api_key_env))
     with store.lock(timeout=lock_timeout):
+        from iclora_data.publish import recover_dirs
+
+        recover_dirs(layout.root)  # first: a folder a killed swap set aside is put back before any sweep
         # temporary files exist only where a run was killed mid-write: sweep (a walk of the whole store)
         # only then, or when this OUT has never been committed by this version
         if layout.running.exists() or not layout.commit_state.exists():
             remove_partial_files(layout.root)
         layout.running.touch()
-        result = _build(source, layout, cfg, executor, progress, shard_size, started)
+        try:
+            result = _build(source, layout, cfg, executor, progress, shard_size, started)
+        except OSError as exc:  # per-file problems are reasons in the ledger: what reaches here is the run's
+            raise EnvironmentFailure(f"the build failed: {describe_os_error(exc)}; the previous outputs in "
+                                     f"{layout.root} are unchanged") from exc
         layout.running.unlink()  # a run that raised leaves it too: the next one sweeps, as insurance
         return result
 
@@ -146,12 +158,13 @@ def run_build(source: str | Path, out: str | Path, config: BuildConfig | Mapping
 def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Executor, progress: ProgressListener,
            shard_size: int | None, started: str) -> BuildResult:
     workers = getattr(executor, "workers", cfg.workers)
-    ingested = ingest(source if hub_source(source) else Path(source), settings=cfg.source,
+    ingested = ingest(source if hub_source(source) else Path(source), out=layout.root, settings=cfg.source,
                       work_dir=layout.store, grid=cfg.compose.layout)
     size = shard_size_for(len(ingested.sets), workers, shard_size)
     shards = [Shard(i, sets) for i, sets in enumerate(make_shards(ingested.sets, size))]
 
     prepared = _prepare(shards, cfg, layout, executor, progress)
+    check_source_was_readable(source, prepared)
     decoded = sum(p.decoded for p in prepared)
     max_distance = cfg.dedup.max_distance if cfg.dedup.max_distance is not None else DEFAULT_MAX_DISTANCE
     progress.start("dedup", 1)
@@ -166,6 +179,12 @@ def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Execu
         # a captioner that cannot serve raises CaptionRunError here, before the commit: nothing changes
         captions, outcome = caption_composites(kept, layout, cfg.caption, executor, progress, size)
         decisions = reject_failed_captions(decisions, captions.values())
+    # text a server sent (a failed caption's error, a caption itself) may echo a key back: nothing written
+    # from here on carries a registered secret
+    captions = {set_id: from_dict(CaptionRecord, scrub_obj(to_dict(rec))) for set_id, rec in captions.items()}
+    decisions = {set_id: dataclasses.replace(d, reason=scrub(d.reason), warnings=[scrub(w) for w in d.warnings])
+                 for set_id, d in decisions.items()}
+    outcome = scrub_obj(outcome)  # its notes quote what a server said
     if not source_exists(source):
         raise SourceVanishedError(f"SOURCE {source} disappeared during the build; nothing was changed in "
                                   f"{layout.root}")
@@ -177,6 +196,19 @@ def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Execu
 
 
 _NONE = SetDecision("", "rejected", "")
+
+
+def check_source_was_readable(source: str | Path, prepared: Sequence[PreparedSet]) -> None:
+    """A run whose sets all failed because their files could not be read failed itself: SOURCE's storage
+    is gone (an unmounted share leaves an empty folder behind), not the data bad. Committing it would
+    replace every published output with nothing."""
+    unreadable = [p for p in prepared if p.file_reasons
+                  and all(r.startswith(UNREADABLE) for r in p.file_reasons.values())]
+    if unreadable and not any(p.composite is not None for p in prepared):
+        first = next(iter(unreadable[0].file_reasons.items()))
+        raise EnvironmentFailure(f"no set could be composed and the files of {len(unreadable)} set(s) could not be "
+                                 f"read (first: {first[0]}: {first[1].removeprefix(UNREADABLE + ': ')}); is SOURCE "
+                                 f"{source} still there? Nothing was changed")
 
 
 def recaption(out: str | Path, caption: Mapping[str, Any] | None = None, executor: Executor | None = None,
@@ -429,15 +461,18 @@ def _commit(ingested: IngestResult, prepared: list[PreparedSet], decisions: Mapp
 
         # --- put in place: nothing above touched an output ---------------------------------------
         sync_filesystem(layout.root)  # store objects and staged files are on disk before outputs point at them
+        crash_point("commit-staged")
         if composites_changed:
             _place_composites(layout, kept)
             rewritten.append("composites")
+            crash_point("composites-placed")
         if captions_changed:
             _place_captions(layout, kept, kept_captions)
             rewritten.append("captions")
         if report_changed:
             os.replace(report_tmp, layout.report)
             rewritten.append("report.json")
+            crash_point("report-replaced")
         atomic_write_json(layout.build, build)  # its times say when this run happened: always written
         if stage_dataset_changed:
             from iclora_data.publish import remove_dir, replace_dir
@@ -452,6 +487,7 @@ def _commit(ingested: IngestResult, prepared: list[PreparedSet], decisions: Mapp
 
             commit_gallery(gallery_tmp, layout)
             rewritten.append("gallery")
+            crash_point("gallery-placed")
         atomic_write_json(layout.commit_state, new_state)
         sync_filesystem(layout.root)
     finally:

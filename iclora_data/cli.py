@@ -4,7 +4,9 @@ non-zero exit), then runs a Prefect flow or a library function with a rich progr
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -44,6 +46,30 @@ def _prefect_env(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     # the temporary server needs longer than Prefect's 20 s default on a busy 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # Prefect's handlers exist from here on; the filter below amends them
+    if not verbose:
+        for handler in _prefect_console_handlers():
+            handler.addFilter(_drop_user_errors)
+
+
+def _drop_user_errors(record: logging.LogRecord) -> bool:
+    """Without -v a failure reaches the user as the CLI's one `error:` line: Prefect's own console echo of
+    it (a flow's traceback, a task's "Finished in state Failed") is dropped, and so is any IcloraError's.
+    Prefect's database and UI still get every record; our own warnings still show; -v shows everything."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, IcloraError):
+        return False
+    return not (record.name.startswith("prefect") and record.levelno >= logging.ERROR)
+
+
+def _prefect_console_handlers() -> list[logging.Handler]:
+    """Prefect's console handlers (it puts one on the root logger), not the one that feeds its API."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)
+                                      if name.startswith("prefect"))]
+    return [h for lg in loggers for h in lg.handlers
+            if isinstance(h, logging.StreamHandler) and type(h).__module__.startswith("prefect")]
 
 
 def check_writable(out: Path) -> None:
@@ -155,6 +181,8 @@ def build(
             check_captioner(cfg.caption, quick=True)
         result = _run_build(runner, ray_address, verbose, source, str(out), cfg, wait)
     except IcloraError as exc:
+        if verbose:
+            err.print_exception()  # -v: where it happened, then the one line
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora build -> {out}"))
     warn(result)
@@ -441,12 +469,32 @@ def _register_train_commands() -> None:
 _register_train_commands()
 
 
+class Interrupted(SystemExit):
+    """SIGTERM or SIGINT arrived. A SystemExit, so that click passes it through (it would print "Aborted!"
+    for a KeyboardInterrupt) and the stack unwinds: locks are released, and the atexit hook that stops
+    Prefect's temporary server runs, which SIGTERM's default (an immediate end) would skip."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> None:  # pragma: no cover - console entry point
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
     try:
         app()
     except IcloraError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
+    except Interrupted as exc:
+        err.print(f"[bold red]error:[/] interrupted by {exc.signal_name}; finished work is kept, run the same "
+                  "command again to resume", highlight=False, soft_wrap=True)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,6 +42,7 @@ from iclora_data.store import RunStore, StatCache, atomic_path, content_key, syn
 
 COMPOSITE_VERSION = "composite/v1"  # bump when the way pixels are produced changes
 MIN_PANELS = 2
+UNREADABLE = "cannot read the file"  # the reason of a panel whose bytes could not be read (an OSError)
 
 
 def composite_key(shas: Sequence[str], layout: Layout, settings: ComposeSettings) -> str:
@@ -65,7 +66,13 @@ def prepare_shard(shard: Shard, settings: ComposeSettings, out: str,
     try:
         result = PreparedShard(shard.index, [])
         for src in sets:
-            prepared = compose_set(src, settings, store, cache=cache, stat_rows=result.stat_rows)
+            try:
+                prepared = compose_set(src, settings, store, cache=cache, stat_rows=result.stat_rows)
+            except (OSError, MemoryError):
+                raise  # the disk, the share or the machine: the run's failure (retried when transient)
+            except Exception as exc:  # noqa: BLE001 - one set's surprise must not take its shard-mates down
+                prepared = PreparedSet(src.set_id, list(src.files), rejection=(
+                    f"internal error while preparing this set ({type(exc).__name__}: {exc}); please report it"))
             prepared.file_reasons.update(url_reasons.get(src.set_id, {}))
             result.sets.append(prepared)
     finally:
@@ -114,7 +121,7 @@ def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore, *, c
         try:
             _identify(panel, store, cache)
         except OSError as exc:
-            prepared.file_reasons[panel.ledger] = f"cannot read the file: {exc.strerror or exc}"
+            prepared.file_reasons[panel.ledger] = f"{UNREADABLE}: {exc.strerror or exc}"
             continue
         fact = panel.fact
         try:
@@ -161,7 +168,7 @@ def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore, *, c
                 store.put_json("panels", shas[i], panel.fact)  # a re-run need not decode it again
                 continue
             except OSError as exc:
-                prepared.file_reasons[panel.ledger] = f"cannot read the file: {exc.strerror or exc}"
+                prepared.file_reasons[panel.ledger] = f"{UNREADABLE}: {exc.strerror or exc}"
                 continue
             prepared.decoded += 1
             # the header's size, not the draft-decoded one: limits and layout are judged on the original

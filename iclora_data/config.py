@@ -90,8 +90,17 @@ def read_yaml_mapping(path: Path, error: type[IcloraError] = ConfigError) -> dic
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"config file {path} is a folder; pass the YAML file inside it") from None
+    except OSError as exc:
+        raise error(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at offset "
+                    f"{exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise error(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise error(f"config file {path} is nested too deeply") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise error(f"config file {path} must hold a mapping of settings")
     return loaded or {}
@@ -106,6 +115,9 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> B
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
+            if not isinstance(node.get(key, {}), dict):
+                raise ConfigError(f"bad setting {key} in {path}: must be a mapping of settings, "
+                                  f"got {type(node[key]).__name__}")
             node = node.setdefault(key, {})
         node[leaf] = value
     try:
@@ -114,4 +126,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> B
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
         source = f" in {path}" if path else ""
-        raise ConfigError(f"bad setting {where}{source}: {err['msg']}") from None
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown setting {where}{source}") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"bad setting {where}{source}: {msg}") from None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iclora_data.publish import DATASET_DIR, USAGE_PLACEHOLDER, PublishError
+from iclora_data.secrets import register_secret, scrub
 
 REPO_TYPE = "dataset"
 # ORG/NAME: letters, digits, '-', '_', '.'; no leading/trailing '-' or '.', no '--' or '..', <= 96 chars
@@ -56,10 +57,11 @@ def dataset_files(dataset: Path) -> list[str]:
     return ["README.md", *sorted(p.relative_to(dataset).as_posix() for p in dataset.glob("data/*.parquet"))]
 
 
-def scrub(text: str, token: str | None) -> str:
-    """One line of an error message, with the token removed should a server echo it."""
-    line = " ".join(str(text).split())[:300]
-    return line.replace(token, "***") if token else line
+def one_line(text: object) -> str:
+    """One line of a server's error text for a message, with every secret scrubbed (a hub may echo the
+    Authorization header back in its error body). Scrubbed before shortening, so that a cut cannot
+    leave the head of a secret that no longer matches."""
+    return " ".join(scrub(str(text)).split())[:300]
 
 
 def push_dataset(out: Path, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -75,9 +77,12 @@ def push_dataset(out: Path, repo_id: str, *, private: bool = False, revision: st
     dataset = out / DATASET_DIR
     files = dataset_files(dataset)
 
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+    # the token the client will send (given, HF_TOKEN or the login cache) is scrubbed from every message
+    register_secret(token)
+    register_secret(get_token())
     api = HfApi(endpoint=endpoint, token=token)
     branch = revision or "main"
     try:
@@ -104,13 +109,13 @@ def push_dataset(out: Path, repo_id: str, *, private: bool = False, revision: st
         if status == 401:
             raise PublishError(f"the hub did not accept your credentials for {repo_id}: set HF_TOKEN or run "
                                "`hf auth login` with a write token") from None
-        raise PublishError(f"upload to {repo_id} failed (HTTP {status}: {scrub(str(e), token)}); "
+        raise PublishError(f"upload to {repo_id} failed (HTTP {status}: {one_line(e)}); "
                            f"nothing was committed and {dataset} is unchanged; run the same publish again") from None
     except ValueError as e:  # the hub rejected the card's metadata or an LFS object
-        raise PublishError(f"the hub rejected the upload to {repo_id} ({scrub(str(e), token)}); "
+        raise PublishError(f"the hub rejected the upload to {repo_id} ({one_line(e)}); "
                            f"{dataset} is unchanged") from None
     except OSError as e:  # network down, connection refused
-        raise PublishError(f"upload to {repo_id} failed ({scrub(str(e), token)}); {dataset} is unchanged; "
+        raise PublishError(f"upload to {repo_id} failed ({one_line(e)}); {dataset} is unchanged; "
                            "check the connection and run the same publish again") from None
     return PushResult(repo_id=repo_id, revision=branch, url=url, commit=info.oid,
                       committed=info.oid != head, files=files)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -28,8 +29,23 @@ register_heif_opener()
 
 DEFAULT_MIN_SIDE = 256
 DEFAULT_MAX_PIXELS = 100_000_000
+# Decode cost beyond the pixel count. A progressive JPEG is decoded once per scan over the whole
+# image (libjpeg offers no scan limit through Pillow): 20,000 tiny scans in a 60 KB file cost 20 s.
+# Encoders write 1-3 scans (baseline) or about 10 (progressive); libjpeg-turbo suggests a limit of
+# a few hundred for untrusted files. The product bound keeps a 100-megapixel JPEG to ~20 scans.
+MAX_JPEG_SCANS = 100
+MAX_JPEG_SCAN_PIXELS = 2_000_000_000  # scans x pixels
+# Multi-page files (TIFF pages, GIF/APNG/WebP frames) give their first page only, and the other
+# pages are never walked: counting 60,000 TIFF pages costs 50 s, and a page that points past the
+# end of the file must not reject a good first page.
 EXIF_ORIENTATION = 0x0112
 _SWAPS_SIDES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
+
+
+# What Pillow's format plugins raise on a malformed file, beyond OSError: a bad file is the set's
+# problem, never the run's (MemoryError is left to fail the run).
+_MALFORMED = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error,
+              ZeroDivisionError)
 
 
 class ImageRejected(Exception):
@@ -42,7 +58,6 @@ class ImageHeader:
     width: int  # as displayed, after EXIF orientation
     height: int
     mode: str
-    frames: int
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -63,8 +78,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         declared = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(declared.group(1)) / 1e6:.0f} megapixels" if declared else "a decompression bomb"
         raise ImageRejected(f"too large: {size}, over the limit of {max_pixels / 1e6:.0f} megapixels") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected(f"corrupt image header: {exc}") from None
+    except _MALFORMED as exc:
+        kind = _iso_media_kind(data)
+        raise ImageRejected(f"{kind}: {exc}" if kind else f"corrupt image header: {exc}") from None
 
 
 # formats that are images but not ones the panels can be made from, named for the ledger
@@ -74,14 +90,15 @@ _UNSUPPORTED = ((b"8BPS", "a Photoshop document (PSD)"), (b"\xff\x0a", "a JPEG X
 
 
 def _sniff(data: bytes) -> str:
+    container = _iso_media_kind(data)
+    if container:
+        return container
     head = data[:512]
     if head.startswith(b"%PDF"):
         return "the file is a PDF document"
     for magic, name in _UNSUPPORTED:
         if head.startswith(magic):
             return f"the file is {name}, not a supported format"
-    if head[4:8] == b"ftyp":
-        return f"the file is an ISO media file of brand {head[8:12].decode('latin-1').strip()!r} (not HEIC or AVIF)"
     if b"<svg" in head.lower():
         return "the file is an SVG drawing (vector graphics are not rasterised)"
     try:
@@ -89,6 +106,23 @@ def _sniff(data: bytes) -> str:
         return "the file holds text, not image data"
     except UnicodeDecodeError:
         return "unknown file format"
+
+
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def _iso_media_kind(data: bytes) -> str | None:
+    """What an ISO base media file (HEIC, AVIF, MP4, QuickTime) is, from its ``ftyp`` box."""
+    if data[4:8] != b"ftyp":
+        return None
+    brand = data[8:12]
+    name = brand.decode("ascii", "replace")
+    if brand in _HEIF_BRANDS:
+        return f"the file is a HEIC/HEIF image (brand '{name}') that could not be decoded"
+    if brand in _AVIF_BRANDS:
+        return f"the file is an AVIF image (brand '{name}') that could not be decoded"
+    return f"the file is a video or media container (ISO brand '{name}'), not an image"
 
 
 def _orientation(im: Image.Image) -> int:
@@ -102,7 +136,9 @@ def read_header(data: bytes, *, min_side: int = DEFAULT_MIN_SIDE,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
     """Check an image from its header only. Raises ImageRejected with the reason."""
     im = _open(data, max_pixels)
-    return _check_header(im, min_side, max_pixels)
+    header = _check_header(im, min_side, max_pixels)
+    check_decode_cost(im, data)
+    return header
 
 
 def check_size(width: int, height: int, *, min_side: int, max_pixels: int) -> None:
@@ -119,7 +155,49 @@ def _check_header(im: Image.Image, min_side: int, max_pixels: int) -> ImageHeade
     if _orientation(im) in _SWAPS_SIDES:
         w, h = h, w
     check_size(w, h, min_side=min_side, max_pixels=max_pixels)
-    return ImageHeader(im.format or "unknown", w, h, im.mode, getattr(im, "n_frames", 1))
+    return ImageHeader(im.format or "unknown", w, h, im.mode)
+
+
+def check_decode_cost(im: Image.Image, data: bytes) -> None:
+    """Reject a file whose decode would cost far more than its pixel count says (before decoding)."""
+    if im.format in ("JPEG", "MPO"):
+        limit = min(MAX_JPEG_SCANS, max(1, MAX_JPEG_SCAN_PIXELS // max(1, im.width * im.height)))
+        scans = jpeg_scan_count(data, stop_after=limit)
+        if scans > limit:
+            raise ImageRejected(f"JPEG with more than {limit} scans ({im.width}x{im.height}): decoding it would cost "
+                                f"{limit}+ passes over the image; re-save it as a baseline JPEG")
+
+
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")  # a marker, skipping fill bytes and RSTn
+
+
+def jpeg_scan_count(data: bytes, stop_after: int | None = None) -> int:
+    """The number of scans (SOS segments) of the first image in a JPEG, read from its markers.
+
+    Entropy-coded data is skipped with a byte search (a 0xFF in it is always followed by 0x00 or a
+    restart marker), so this costs one pass over the bytes, not a decode. Stops counting past
+    ``stop_after``; a malformed stream counts what it has (the decoder reports the damage)."""
+    scans, pos = 0, 2
+    while pos + 4 <= len(data):
+        m = _JPEG_MARKER.match(data, pos)
+        if m is None:
+            break
+        marker, pos = m.group(1)[0], m.end()
+        if marker == 0xD9:  # end of image
+            break
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            continue
+        (length,) = struct.unpack(">H", data[pos:pos + 2]) if pos + 2 <= len(data) else (0,)
+        pos += length
+        if marker == 0xDA:
+            scans += 1
+            if stop_after is not None and scans > stop_after:
+                break
+            following = _JPEG_MARKER.search(data, pos)
+            if following is None:
+                break
+            pos = following.start()
+    return scans
 
 
 def draft_request(size: tuple[int, int], swapped: bool, target: tuple[int, int],
@@ -145,6 +223,7 @@ def decode_rgb(data: bytes, *, target: tuple[int, int] | None = None, fit: FitMo
     """
     im = _open(data, max_pixels)
     _check_header(im, min_side, max_pixels)
+    check_decode_cost(im, data)
     orientation = _orientation(im)
     fmt = im.format or "image"
     try:
@@ -159,8 +238,8 @@ def decode_rgb(data: bytes, *, target: tuple[int, int] | None = None, fit: FitMo
         if "truncated" in msg:
             raise ImageRejected(f"truncated {fmt}: {msg}") from None
         raise ImageRejected(f"corrupt {fmt}: {msg}") from None
-    except (SyntaxError, ValueError, EOFError) as exc:
-        raise ImageRejected(f"corrupt {fmt}: {exc}") from None
+    except _MALFORMED as exc:
+        raise ImageRejected(f"corrupt {fmt}: {exc or type(exc).__name__}") from None
     if orientation != 1:
         im = ImageOps.exif_transpose(im)
     return to_rgb(im)

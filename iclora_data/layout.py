@@ -23,6 +23,12 @@ MULTIPLE = 16
 # ai-toolkit buckets FLUX images in steps of 32. Every preset's size is a multiple of 64 too.
 TRAINER_MULTIPLE = 64
 AUTO_PIXELS = 1024 * 1024  # target area of an automatic layout
+# Bounds of a composite the build makes (choose_layout). A 61-panel set must not become a 7808x128
+# strip: FLUX learns nothing from 128 px panels, and a grid of thousands of cells eats gigabytes.
+MAX_GRID_SIDE = 8  # rows and columns each
+MIN_PANEL_SIDE = 192  # 12x12 FLUX patches; a 4x4 grid of 4:3 panels at one megapixel (288x224) fits
+MAX_ASPECT = 5.0  # long side / short side of the whole composite
+MAX_COMPOSITE_PIXELS = 4096 * 4096
 FitMode = Literal["crop", "pad"]
 Box = tuple[int, int, int, int]
 
@@ -81,10 +87,14 @@ class Layout:
 
 def parse_grid(text: str) -> tuple[int, int]:
     """``"3x1"`` -> ``(3, 1)``: rows x cols."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    m = re.fullmatch(r"\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*", text)
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise LayoutError(f"layout must be ROWSxCOLS such as 3x1 or 2x2, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
+        raise LayoutError(f"layout must be ROWSxCOLS such as 3x1 or 2x2, got {text[:40]!r}")
+    rows, cols = int(m.group(1)), int(m.group(2))
+    if rows > MAX_GRID_SIDE or cols > MAX_GRID_SIDE:
+        raise LayoutError(f"layout {rows}x{cols} is too large: at most {MAX_GRID_SIDE} rows and "
+                          f"{MAX_GRID_SIDE} columns")
+    return rows, cols
 
 
 def round16(x: float) -> int:
@@ -142,7 +152,10 @@ def choose_layout(n_panels: int, panel_sizes: Sequence[tuple[int, int]], preset:
     aspects = sorted(w / h for w, h in panel_sizes) or [1.0]
     aspect = aspects[len(aspects) // 2]
     if preset:
-        layout = preset_layout(get_preset(preset))
+        try:
+            layout = preset_layout(get_preset(preset))
+        except ValueError as exc:  # an unknown preset from any source is the set's problem, not a crash
+            raise LayoutError(str(exc)) from None
     elif grid:
         layout = auto_layout(*parse_grid(grid), panel_aspect=aspect)
     else:
@@ -150,7 +163,24 @@ def choose_layout(n_panels: int, panel_sizes: Sequence[tuple[int, int]], preset:
     if layout.panels != n_panels:
         where = f"preset {preset}" if preset else f"layout {layout.grid}"
         raise LayoutError(f"expected {layout.panels} panels for {where}, found {n_panels}")
+    check_bounds(layout)
     return layout
+
+
+def check_bounds(layout: Layout) -> None:
+    """Raise LayoutError when a composite would be absurd: too many cells, a sliver, tiny panels."""
+    pw, ph = layout.panel_size
+    what = f"{layout.panels} panels in a {layout.grid} grid make a {layout.width}x{layout.height} composite"
+    advice = "split the set, or give a preset or --layout with a squarer grid"
+    if layout.rows > MAX_GRID_SIDE or layout.cols > MAX_GRID_SIDE:
+        raise LayoutError(f"{what}: at most {MAX_GRID_SIDE} rows and {MAX_GRID_SIDE} columns; {advice}")
+    aspect = max(layout.width, layout.height) / min(layout.width, layout.height)
+    if aspect > MAX_ASPECT:
+        raise LayoutError(f"{what}, {aspect:.1f} times as long as it is wide (at most {MAX_ASPECT:g}); {advice}")
+    if min(pw, ph) < MIN_PANEL_SIDE:
+        raise LayoutError(f"{what} with {pw}x{ph} panels, under {MIN_PANEL_SIDE} pixels a side; {advice}")
+    if layout.width * layout.height > MAX_COMPOSITE_PIXELS:
+        raise LayoutError(f"{what}: over {MAX_COMPOSITE_PIXELS / 1e6:.1f} megapixels")
 
 
 def fit_box(src: tuple[int, int], dst: tuple[int, int], mode: FitMode) -> tuple[Box, tuple[int, int], tuple[int, int]]:

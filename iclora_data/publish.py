@@ -10,6 +10,9 @@ write leaves the previous dataset as it was.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
 import os
 import re
@@ -21,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iclora_data.errors import IcloraError
-from iclora_data.outdir import TEMP_PREFIX, composites_dir
+from iclora_data.faults import crash_point
+from iclora_data.outdir import STORE_DIR, TEMP_PREFIX, composites_dir
 from iclora_data.presets import PRESETS
 from iclora_data.records import (
     CaptionRecord,
@@ -230,14 +234,75 @@ def write_shard(path: Path, image_path: Callable[[CompositeRecord], Path], rows:
 
 
 def replace_dir(new: Path, final: Path) -> None:
-    """Put the finished folder ``new`` at ``final``, keeping the old one until the new is in place."""
-    old: Path | None = None
-    if final.exists():
-        old = temp_dir(final.parent, f"{final.name}.old")
-        os.replace(final, old / final.name)
+    """Put the finished folder ``new`` at ``final``; at every instant ``final`` is the old or the new whole.
+
+    Where the system swaps two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``: ext4, xfs,
+    btrfs, tmpfs) it is one atomic exchange. Elsewhere the old folder is first set aside under a name
+    the sweep of temporary files never touches (:func:`previous_dir`), then the new one renamed in; a
+    kill between the two renames leaves the old one there, and :func:`recover_dirs` (run before anything
+    else by the next build or publish) puts it back. No step ever deletes the only whole copy."""
+    recover_dirs(final.parent)
+    if not final.exists():
+        os.replace(new, final)
+        return
+    if exchange_paths(new, final):
+        crash_point(f"{final.name}-exchanged")
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` holds the old folder now
+        return
+    previous = previous_dir(final)
+    previous.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(final, previous)
+    crash_point(f"{final.name}-set-aside")
     os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    crash_point(f"{final.name}-in-place")
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def previous_dir(final: Path) -> Path:
+    """Where :func:`replace_dir` keeps the old folder between its two renames (inside the run store)."""
+    return final.parent / STORE_DIR / "previous" / final.name
+
+
+def recover_dirs(out: Path) -> None:
+    """Finish a swap that a killed run left half done: where the published folder is missing, its previous
+    copy goes back; where the new one made it, the previous copy goes. Callers hold the OUT lock."""
+    kept = Path(out) / STORE_DIR / "previous"
+    if not kept.is_dir():
+        return
+    for previous in kept.iterdir():
+        final = Path(out) / previous.name
+        if final.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            os.replace(previous, final)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library without it
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system or file system cannot."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False  # e.g. a file system (NFS, some FUSE) that does not offer the exchange
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def remove_stale_temps(out: Path) -> None:
@@ -254,6 +319,7 @@ def dataset_name(build: FinishedBuild) -> str:
 
 def remove_dir(folder: Path) -> None:
     """Remove a published folder by renaming it aside first, so no reader sees it half deleted."""
+    recover_dirs(folder.parent)
     if folder.exists():
         stale = temp_dir(folder.parent, f"{folder.name}.old")
         os.replace(folder, stale / folder.name)
@@ -272,6 +338,7 @@ def write_dataset(out: Path, *, max_shard_bytes: int = 500 * 2**20, require_capt
     if max_shard_bytes < 1:
         raise PublishError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     build = load_finished_build(out)
+    recover_dirs(out)
     remove_stale_temps(out)
     tmp = temp_dir(out, DATASET_DIR)
     try:

@@ -6,8 +6,10 @@ also catches a server that echoes the secret back inside an error body."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import traceback
 from typing import Any
 
 REDACTED = "***"
@@ -26,6 +28,35 @@ def register_secret(value: str | None) -> None:
     if value and len(value) >= _MIN_LEN:
         with _lock:
             _secrets.add(value)
+        scrub_log_records()
+
+
+_log_factory_installed = False
+
+
+def scrub_log_records() -> None:
+    """Scrub every log record this process creates from now on, whoever logs it and wherever it goes
+    (Prefect's handlers send records to its database, where the UI shows them). Installed once, by the
+    first registered secret; a record's text is formatted and scrubbed when it is created."""
+    global _log_factory_installed
+    with _lock:
+        if _log_factory_installed:
+            return
+        _log_factory_installed = True
+        previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string is the logger's problem; the handler reports it
+            return record
+        record.msg, record.args = scrub(message), None
+        if record.exc_info and not record.exc_text:  # formatters use exc_text when it is set
+            record.exc_text = scrub("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 def scrub(text: str) -> str:

@@ -21,11 +21,13 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from iclora_data.errors import IcloraError
 from iclora_data.outdir import STORE_DIR, TEMP_PREFIX
+from iclora_data.secrets import scrub_obj
 
 
-class OutputLockedError(RuntimeError):
-    pass
+class OutputLockedError(IcloraError, RuntimeError):
+    """OUT is in use by another run: the user waits or picks another OUT (one ``error:`` line)."""
 
 
 def content_key(*parts: Any) -> str:
@@ -206,7 +208,7 @@ class RunStore:
 
     def put_json(self, kind: str, key: str, data: Any) -> Path:
         path = self.object_path(kind, key, ".json")
-        atomic_write_json(path, data)
+        atomic_write_json(path, scrub_obj(data))  # records may hold server text that echoes a key
         return path
 
     @contextmanager
@@ -235,6 +237,14 @@ def cache_dir(*parts: str) -> Path:
     path = Path(base, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _path_key(path: str) -> str:
+    """A path as SQLite text: a name that is not UTF-8 (os.fsdecode keeps its bytes as surrogates, which
+    SQLite cannot store) is written with the ledger's reversible escape, so keys stay unique."""
+    from iclora_data.ingest import ledger_name
+
+    return ledger_name(path)
 
 
 class StatCache:
@@ -289,7 +299,7 @@ class StatCache:
             return None
         try:
             row = conn.execute("SELECT size, mtime_ns, ino, sha256, facts FROM files WHERE path = ?",
-                               (path,)).fetchone()
+                               (_path_key(path),)).fetchone()
         except sqlite3.OperationalError:  # no table yet, or the file is not a database: a miss
             return None
         if row is None or tuple(row[:3]) != self.stat_key(st):
@@ -302,7 +312,7 @@ class StatCache:
         """A row for ``update``, or None when the file is too fresh to trust its stat."""
         if read_at - st.st_mtime_ns / 1e9 < cls.RACY_SECONDS:
             return None
-        return (path, *cls.stat_key(st), sha, json.dumps(facts, separators=(",", ":")) if facts else None)
+        return (_path_key(path), *cls.stat_key(st), sha, json.dumps(facts, separators=(",", ":")) if facts else None)
 
     def update(self, rows: list[tuple[Any, ...]]) -> None:
         if not rows:

@@ -117,6 +117,7 @@ def test_shards_are_named_by_the_sets_they_hold():
 def test_a_caption_backend_failure_leaves_every_previous_output_untouched(tmp_path, monkeypatch):
     import iclora_data.build as build_module
     from iclora_data.build import run_build
+    from iclora_data.errors import EnvironmentFailure
 
     source = many_sets(tmp_path / "SOURCE", 3)
     out = tmp_path / "OUT"
@@ -130,8 +131,10 @@ def test_a_caption_backend_failure_leaves_every_previous_output_untouched(tmp_pa
         raise ConnectionError("the caption server went away")
 
     monkeypatch.setattr(build_module, "caption_shard", server_down)
-    with pytest.raises(ConnectionError):
+    # an OSError that reaches the build is the run's failure: one IcloraError for the CLI's error line
+    with pytest.raises(EnvironmentFailure, match="the caption server went away") as err:
         run_build(source, out, {"caption": {"model": "tiny-random"}})
+    assert isinstance(err.value.__cause__, ConnectionError)
     assert outputs(out) == before
     assert not [p for p in out.rglob(".iclora-tmp-*")]  # staging is cleaned up
 

@@ -4,6 +4,7 @@ the rejects artifact, and the sweep of partial files a killed run leaves."""
 from __future__ import annotations
 
 import errno
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +16,8 @@ from tests._flows_helpers import many_sets
     (TimeoutError("read timed out"), True),
     (ConnectionResetError("reset by peer"), True),
     (OSError(errno.EIO, "Input/output error"), True),
-    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.ENOSPC, "No space left on device"), False),  # a full disk stays full: one error at once
+    (OSError(errno.EROFS, "Read-only file system"), False),
     (FileNotFoundError(errno.ENOENT, "No such file"), False),
     (PermissionError(errno.EACCES, "Permission denied"), False),
     (ValueError("panels 1 and 3 are near-duplicates"), False),
@@ -175,12 +177,20 @@ def test_a_transient_compose_failure_is_retried_and_bad_data_is_not(tmp_path, mo
 
     def bad(src, settings, store, **kwargs):
         calls.append(src.set_id)
-        raise ValueError(f"{src.set_id}: impossible panel")
+        if src.set_id == "set-0001":
+            raise ValueError(f"{src.set_id}: impossible panel")
+        return real(src, settings, store, **kwargs)
 
     monkeypatch.setattr(compose_module, "compose_set", bad)
-    with pytest.raises(ValueError, match="impossible panel"):
-        build_module.build_dataset(str(source), str(tmp_path / "OUT2"), {"until": "compose"}, shard_size=1)
+    # all sets in one shard: the surprise in one set must not take its shard-mates down
+    result = build_module.build_dataset(str(source), str(tmp_path / "OUT2"), {"until": "compose"}, shard_size=10)
     assert sorted(calls) == ["broken", "set-0000", "set-0001"]  # each tried once: bad data is not retried
+    report = json.loads((tmp_path / "OUT2" / "report.json").read_text())
+    status = {s["set_id"]: (s["status"], s["reason"]) for s in report["sets"]}
+    assert status["set-0000"][0] == "kept" and status["broken"][0] == "rejected"
+    assert status["set-0001"] == ("rejected", "internal error while preparing this set (ValueError: set-0001: "
+                                              "impossible panel); please report it")
+    assert result["counts"]["kept"] == 1
 
 
 def test_retrain_with_an_unknown_sample_preset_is_one_clear_error_before_any_work(tmp_path):

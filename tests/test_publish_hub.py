@@ -45,6 +45,8 @@ class FakeHub:
         self.lfs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str, str]] = []  # method, path, authorization header
         self.fail_commits = 0  # answer this many commit calls with 500
+        self.token = TOKEN  # the one token this hub accepts
+        self.echo_auth = False  # refuse commits with a 403 whose body echoes the caller's token, as some proxies do
         self.lock = threading.Lock()
         self.url = ""
 
@@ -88,7 +90,7 @@ def make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             with hub.lock:
                 hub.requests.append((method, path, self.headers.get("Authorization", "")))
             data = self.body()
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}" and not path.startswith("/lfs/"):
+            if self.headers.get("Authorization") != f"Bearer {hub.token}" and not path.startswith("/lfs/"):
                 return self.send(401, {"error": "Invalid credentials"})
             parts = [unquote(p) for p in path.strip("/").split("/")]
             with hub.lock:
@@ -156,6 +158,9 @@ def make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                                   "shouldIgnore": False, "oid": oid})
                 return self.send(200, {"files": modes, "commitOid": head["oid"]})
             if action == "commit" and method == "POST":
+                if hub.echo_auth:
+                    token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    return self.send(403, {"error": f"token {token} may not write to {repo} (request id 42)"})
                 if hub.fail_commits > 0:
                     hub.fail_commits -= 1
                     return self.send(500, {"error": "Internal Error - We're working hard to fix this"})
@@ -317,3 +322,36 @@ def test_no_dataset_written_is_a_clear_error(hub: FakeHub, out: Path) -> None:
     with pytest.raises(PublishError, match="no written dataset"):
         push_dataset(out, "my-org/sets", endpoint=hub.url)
     assert hub.requests == []
+
+
+# a token with no recognisable shape: only registering it can keep it out of messages
+PLAIN_TOKEN = "loopback-Plain-Secret-0123456789"
+
+
+def test_token_echoed_by_the_hub_never_reaches_the_message(hub: FakeHub, out: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.token, hub.echo_auth = PLAIN_TOKEN, True
+    monkeypatch.setenv("HF_TOKEN", PLAIN_TOKEN)
+    with pytest.raises(PublishError) as err:
+        push_dataset(out, "my-org/sets", endpoint=hub.url)
+    message = str(err.value)
+    assert "403" in message and "may not write to my-org/sets" in message  # the server's words still help
+    assert PLAIN_TOKEN not in message and "***" in message
+    assert all(auth == f"Bearer {PLAIN_TOKEN}" for _, path, auth in hub.requests if not path.startswith("/lfs/"))
+
+
+def test_cli_publish_against_an_echoing_hub_prints_one_line_without_the_token(hub: FakeHub, out: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    hub.token, hub.echo_auth = PLAIN_TOKEN, True
+    env = {**os.environ, "HF_TOKEN": PLAIN_TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+           "NO_PROXY": "127.0.0.1,localhost", "COLUMNS": "400",
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # upload bars are progress, not the message
+    r = subprocess.run([sys.executable, "-m", "iclora_data.cli", "publish", str(out), "--repo-id", "my-org/sets",
+                        "--endpoint", hub.url], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode != 0
+    assert PLAIN_TOKEN not in r.stderr + r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: upload to my-org/sets failed (HTTP 403"), r.stderr

@@ -288,7 +288,8 @@ def _run_window(jobs: list[_Job], composites_dir: Path, settings: CaptionSetting
     with ThreadPoolExecutor(max_workers=width, thread_name_prefix="caption") as pool:
         while True:
             while stop is None and len(pending) < width and (unit := next(units, None)) is not None:
-                pending.add(pool.submit(_caption_unit, unit, composites_dir, settings, captioner, finish))
+                pending.add(pool.submit(_caption_unit_then_release, unit, composites_dir, settings, captioner,
+                                        finish))
             if not pending:
                 break
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -310,6 +311,17 @@ def _captioner_label(captioner: Captioner) -> str:
 def _retry_instruction(job: _Job) -> str:
     return (f"{job.instruction}\nA previous answer was rejected because {job.error.rstrip('.')}. "
             "Write a new answer that avoids this.")
+
+
+def _caption_unit_then_release(unit: list[_Job], composites_dir: Path, settings: CaptionSettings,
+                               captioner: Captioner, finish: Callable[[int, CaptionRecord], None]) -> None:
+    try:
+        _caption_unit(unit, composites_dir, settings, captioner, finish)
+    finally:
+        # a finished unit's decoded panels go now: kept on their jobs until every set of the call was done,
+        # they made memory grow by a composite's pixels per set (~4 MB at 1 MP; tests/test_memory.py)
+        for job in unit:
+            job.request = None
 
 
 def _caption_unit(unit: list[_Job], composites_dir: Path, settings: CaptionSettings, captioner: Captioner,
