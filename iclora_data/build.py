@@ -55,6 +55,7 @@ from iclora_data.records import (
 )
 from iclora_data.report import build_report_entries, write_report_stream
 from iclora_data.secrets import register_secret, scrub, scrub_obj
+from iclora_data.sources import hub_source, source_exists
 from iclora_data.store import (
     RunStore,
     StatCache,
@@ -157,7 +158,8 @@ def run_build(source: str | Path, out: str | Path, config: BuildConfig | Mapping
 def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Executor, progress: ProgressListener,
            shard_size: int | None, started: str) -> BuildResult:
     workers = getattr(executor, "workers", cfg.workers)
-    ingested = ingest(Path(source), out=layout.root)
+    ingested = ingest(source if hub_source(source) else Path(source), out=layout.root, settings=cfg.source,
+                      work_dir=layout.store, grid=cfg.compose.layout)
     size = shard_size_for(len(ingested.sets), workers, shard_size)
     shards = [Shard(i, sets) for i, sets in enumerate(make_shards(ingested.sets, size))]
 
@@ -183,7 +185,7 @@ def _build(source: str | Path, layout: OutDir, cfg: BuildConfig, executor: Execu
     decisions = {set_id: dataclasses.replace(d, reason=scrub(d.reason), warnings=[scrub(w) for w in d.warnings])
                  for set_id, d in decisions.items()}
     outcome = scrub_obj(outcome)  # its notes quote what a server said
-    if not Path(source).exists():
+    if not source_exists(source):
         raise SourceVanishedError(f"SOURCE {source} disappeared during the build; nothing was changed in "
                                   f"{layout.root}")
     result = _commit(ingested, prepared, decisions, captions, cfg, layout, decoded, started, progress, outcome)
@@ -220,7 +222,7 @@ def recaption(out: str | Path, caption: Mapping[str, Any] | None = None, executo
     if not manifest.exists():
         raise NoBuildError(f"{out} holds no finished build (no build.json): run `iclora build SOURCE --out {out}`")
     build = json.loads(manifest.read_text(encoding="utf-8"))
-    if not Path(build["source"]).exists():
+    if not source_exists(build["source"]):
         raise NoBuildError(f"the SOURCE of this build, {build['source']}, no longer exists")
     config = dict(build["config"])
     config["caption"] = dict(caption or {})
@@ -231,7 +233,7 @@ def recaption(out: str | Path, caption: Mapping[str, Any] | None = None, executo
 def _prepare(shards: list[Shard], cfg: BuildConfig, layout: OutDir, executor: Executor,
              progress: ProgressListener) -> list[PreparedSet]:
     progress.start("prepare", sum(len(s.sets) for s in shards))
-    fn = functools.partial(prepare_shard, settings=cfg.compose, out=str(layout.root))
+    fn = functools.partial(prepare_shard, settings=cfg.compose, out=str(layout.root), sources=cfg.source)
     results: dict[int, list[PreparedSet]] = {}
     cache = StatCache(layout.stat_cache)
     cache.open_for_writing()

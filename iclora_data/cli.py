@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from iclora_data.errors import IcloraError
+from iclora_data.sources import source_exists
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="In-Context LoRA training data: image sets -> composite grids -> joint captions -> "
@@ -140,8 +141,9 @@ def _counts_table(counts: dict[str, int], title: str) -> Table:
 
 @app.command()
 def build(
-    source: Annotated[Path, typer.Argument(help="A folder with one sub-folder per image set, or a .jsonl/.csv "
-                                                "manifest.")],
+    source: Annotated[str, typer.Argument(help="A folder with one sub-folder per image set, a .jsonl/.csv "
+                                               "manifest, a .zip/.tar/.tar.gz archive, a Hugging Face dataset "
+                                               "folder or hf://datasets/ORG/NAME[@revision].")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; resumable).")],
     preset: Annotated[str | None, typer.Option(help="IC-LoRA task preset (see `iclora presets`).")] = None,
     layout: Annotated[str | None, typer.Option(help="Grid ROWSxCOLS when no preset is given, e.g. 2x2.")] = None,
@@ -164,7 +166,7 @@ def build(
     """Build IC-LoRA training data from SOURCE into OUT (the Prefect flow build-dataset, or --runner local)."""
     from iclora_data.config import load_config
 
-    if not source.exists():
+    if not source_exists(source):
         fail(f"SOURCE {source} does not exist")
     try:
         cfg = load_config(config, {"compose.preset": preset, "compose.layout": layout, "compose.fit": fit,
@@ -177,7 +179,7 @@ def build(
             # quick: no import of the model's code, so a fully cached re-run stays cheap; the build checks fully
             # (still before any output changes) once some set needs a caption
             check_captioner(cfg.caption, quick=True)
-        result = _run_build(runner, ray_address, verbose, str(source), str(out), cfg, wait)
+        result = _run_build(runner, ray_address, verbose, source, str(out), cfg, wait)
     except IcloraError as exc:
         if verbose:
             err.print_exception()  # -v: where it happened, then the one line

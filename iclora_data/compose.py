@@ -35,6 +35,9 @@ from iclora_data.records import (
     file_stem,
 )
 from iclora_data.sources import read_source
+from iclora_data.sources.composite import compose_ready
+from iclora_data.sources.download import DOWNLOADS_DIR, fetch_urls
+from iclora_data.sources.settings import SourceSettings
 from iclora_data.store import RunStore, StatCache, atomic_path, content_key, sync_shard
 
 COMPOSITE_VERSION = "composite/v1"  # bump when the way pixels are produced changes
@@ -47,16 +50,22 @@ def composite_key(shas: Sequence[str], layout: Layout, settings: ComposeSettings
                        settings.fit, list(settings.fill), settings.image_format, settings.quality)
 
 
-def prepare_shard(shard: Shard, settings: ComposeSettings, out: str) -> PreparedShard:
-    """The prepare stage over one shard: validate, hash and compose each set into the run store.
+def prepare_shard(shard: Shard, settings: ComposeSettings, out: str,
+                  sources: SourceSettings | None = None) -> PreparedShard:
+    """The prepare stage over one shard: fetch its image URLs, then validate, hash and compose each
+    set into the run store.
 
     Runs in a worker (thread, process or Ray task): takes and returns plain records. Files are made
     durable once for the whole shard (docs/ARCHITECTURE.md, "Durability")."""
     store = RunStore(Path(out))
     cache = StatCache(OutDir(out).stat_cache)
+    sets, unfetched = fetch_urls(shard.sets, OutDir(out).store / DOWNLOADS_DIR, (sources or SourceSettings()).download)
+    url_reasons: dict[str, dict[str, str]] = {}
+    for entry in unfetched:  # a URL that could not be fetched: its own reason in the ledger
+        url_reasons.setdefault(entry.set_id or "", {})[entry.path] = entry.reason
     try:
         result = PreparedShard(shard.index, [])
-        for src in shard.sets:
+        for src in sets:
             try:
                 prepared = compose_set(src, settings, store, cache=cache, stat_rows=result.stat_rows)
             except (OSError, MemoryError):
@@ -64,6 +73,7 @@ def prepare_shard(shard: Shard, settings: ComposeSettings, out: str) -> Prepared
             except Exception as exc:  # noqa: BLE001 - one set's surprise must not take its shard-mates down
                 prepared = PreparedSet(src.set_id, list(src.files), rejection=(
                     f"internal error while preparing this set ({type(exc).__name__}: {exc}); please report it"))
+            prepared.file_reasons.update(url_reasons.get(src.set_id, {}))
             result.sets.append(prepared)
     finally:
         cache.close()
@@ -95,6 +105,8 @@ def _is_local(locator: str) -> bool:
 def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore, *, cache: StatCache | None = None,
                 stat_rows: list[tuple[Any, ...]] | None = None) -> PreparedSet:
     """Validate one set and make its composite (or find it in the store)."""
+    if src.composite_grid is not None:  # one image that already holds the panels (sources/composite.py)
+        return compose_ready(src, settings, store)
     prepared = PreparedSet(src.set_id, list(src.files))
     if src.rejection:
         prepared.rejection = src.rejection

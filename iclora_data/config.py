@@ -13,6 +13,7 @@ from iclora_data.errors import IcloraError
 from iclora_data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from iclora_data.layout import parse_grid
 from iclora_data.presets import get_preset
+from iclora_data.sources.settings import SourceSettings
 
 Stage = Literal["compose", "caption", "publish"]
 
@@ -78,6 +79,7 @@ class BuildConfig(BaseModel):
     dedup: DedupSettings = DedupSettings()
     caption: CaptionSettings = CaptionSettings()
     publish: PublishSettings = PublishSettings()
+    source: SourceSettings = SourceSettings()  # dataset columns, download and archive limits
     until: Stage = "publish"
     workers: int = Field(2, ge=1, le=256)  # threads for decode/hash/compose
 

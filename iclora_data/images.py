@@ -18,10 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from iclora_data.layout import FitMode
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is rejected, never padded with grey
+# phone photos: HEIC/HEIF through pillow-heif (which applies the file's rotation itself and resets the
+# EXIF orientation to 1); AVIF is Pillow's own (>= 11.3).
+register_heif_opener()
 
 DEFAULT_MIN_SIDE = 256
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -79,6 +83,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageRejected(f"{kind}: {exc}" if kind else f"corrupt image header: {exc}") from None
 
 
+# formats that are images but not ones the panels can be made from, named for the ledger
+_UNSUPPORTED = ((b"8BPS", "a Photoshop document (PSD)"), (b"\xff\x0a", "a JPEG XL image"),
+                (b"\x00\x00\x00\x0cJXL ", "a JPEG XL image"), (b"FUJIFILMCCD-RAW", "a Fujifilm RAW image"),
+                (b"AT&TFORM", "a DjVu document"), (b"\x00\x00\x01\x00", "a Windows icon (ICO) Pillow cannot read"))
+
+
 def _sniff(data: bytes) -> str:
     container = _iso_media_kind(data)
     if container:
@@ -86,6 +96,11 @@ def _sniff(data: bytes) -> str:
     head = data[:512]
     if head.startswith(b"%PDF"):
         return "the file is a PDF document"
+    for magic, name in _UNSUPPORTED:
+        if head.startswith(magic):
+            return f"the file is {name}, not a supported format"
+    if b"<svg" in head.lower():
+        return "the file is an SVG drawing (vector graphics are not rasterised)"
     try:
         head.decode("utf-8")
         return "the file holds text, not image data"

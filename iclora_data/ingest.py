@@ -37,8 +37,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from iclora_data.errors import IcloraError
 from iclora_data.presets import get_preset
 from iclora_data.records import FileEntry, SourceSet
+from iclora_data.sources import hub_source, is_url
+from iclora_data.sources.settings import SourceSettings
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+                  ".heic", ".heif", ".avif"}
 JUNK_DIRS = {"__MACOSX", ".git", ".svn", ".Trash", ".Trashes", ".ipynb_checkpoints", "@eaDir"}
 JUNK_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", ".directory", "ehthumbs.db"}
 SET_META = "set.json"
@@ -48,7 +51,7 @@ SET_CAPTION = "caption.txt"
 # "hint" is a mistake that would otherwise cost the whole caption batch its memory.
 MAX_HINT_CHARS = 4000
 MAX_SET_META_BYTES = 1 << 20  # set.json: hints for many panels fit easily
-SourceKind = Literal["folder", "manifest"]
+SourceKind = Literal["folder", "manifest", "archive", "dataset"]
 
 
 class SourceError(IcloraError):
@@ -166,29 +169,51 @@ class SetMeta(BaseModel):
 
 @dataclass
 class IngestResult:
-    source: Path
+    source: Path | str  # a path, or an hf://datasets/... address
     kind: SourceKind
     sets: list[SourceSet] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)  # files not (yet) tied to a usable panel
 
 
-def ingest(source: Path, out: Path | None = None) -> IngestResult:
-    """Read SOURCE: a folder of sets, or a ``.jsonl``/``.csv`` manifest.
+def ingest(source: Path | str, out: Path | None = None, *, settings: SourceSettings | None = None,
+           work_dir: Path | None = None, grid: str | None = None) -> IngestResult:
+    """Read SOURCE: a folder of sets, a ``.jsonl``/``.csv`` manifest, an archive (``.zip``, ``.tar``,
+    ``.tar.gz``), a Hugging Face dataset (a local folder or ``hf://datasets/ORG/NAME[@rev]``), or a
+    folder of IC-LoRA jpg+txt pairs (ready composites).
 
     ``out`` is the build's output folder: when it lies inside SOURCE it is skipped (and reported);
-    when it is SOURCE itself the build is refused."""
+    when it is SOURCE itself the build is refused. ``work_dir`` holds what a source must spool
+    (dataset images, compressed tar members): the build passes ``OUT/.iclora``; without it, the user
+    cache. ``grid`` (``--layout``) is the grid of ready composites when ``settings.composite_grid``
+    gives none."""
+    from iclora_data.sources import archive, hf, tree
+    from iclora_data.store import cache_dir
+
+    settings = settings or SourceSettings()
+    spool = Path(work_dir) / "spool" if work_dir is not None else cache_dir("spool")
+    composite_grid = settings.composite_grid or grid
+    hub = hub_source(source)
+    if hub is not None:
+        return hf.ingest_dataset(hub, settings, spool, grid=composite_grid)
     source = Path(source)
     if not source.exists():
         raise SourceError(f"SOURCE {source} does not exist")
     check_out_is_not_source(source, out)
+    if source.is_dir() and hf.is_dataset_folder(source):
+        return hf.ingest_dataset(source, settings, spool, grid=composite_grid)
+    if source.is_dir() and tree.is_pairs_folder(source):
+        return tree.ingest_pairs_folder(source, grid=composite_grid)
     if source.is_dir():
         return ingest_folder(source, out)
+    if archive.is_archive(source):
+        return archive.ingest_archive(source, settings.archive, spool, grid=composite_grid)
     if source.suffix.lower() in (".jsonl", ".csv"):
         problem = _not_regular(source, follow=True)
         if problem:
             raise SourceError(f"SOURCE {source} is {problem}")
         return ingest_manifest(source)
-    raise SourceError(f"SOURCE {source} is neither a folder of image sets nor a .jsonl/.csv manifest")
+    raise SourceError(f"SOURCE {source} is neither a folder of image sets, a .jsonl/.csv manifest, "
+                      "an archive (.zip, .tar, .tar.gz) nor a Hugging Face dataset")
 
 
 def check_out_is_not_source(source: str | Path, out: str | Path | None) -> None:
@@ -516,7 +541,7 @@ def ingest_manifest(manifest: Path) -> IngestResult:
         for ref in parsed.images:
             problem, path, ledger = _resolve_reference(base, ref)
             src.files.append(ledger)
-            src.paths.append(str(path) if path else "")
+            src.paths.append(str(path) if path else ref if is_url(ref) and not problem else "")
             if problem:
                 problems.append(f"{ledger}: {problem}")
                 if ledger not in seen_files:
@@ -533,8 +558,10 @@ def ingest_manifest(manifest: Path) -> IngestResult:
 
 def _resolve_reference(base: Path, ref: str) -> tuple[str | None, Path | None, str]:
     """(problem, resolved path, ledger path) of a manifest image reference."""
-    if "://" in ref:
-        return "image URLs are not fetched by this version; download them first", None, ref
+    if "://" in ref:  # fetched per shard by sources.download.fetch_urls; the URL is its own ledger path
+        from iclora_data.sources.download import url_problem
+
+        return url_problem(ref), None, ref
     if "\0" in ref:
         return "the path holds a NUL character", None, ref.replace("\0", "\\x00")
     candidate = base / ref

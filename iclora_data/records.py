@@ -68,6 +68,7 @@ class SourceSet:
     caption: str | None = None  # a caption the set brought (caption.txt or set.json)
     meta_files: list[str] = field(default_factory=list)  # set.json, caption.txt: ledger paths
     rejection: str | None = None  # set-level problem found at ingest (missing file, bad set.json)
+    composite_grid: str | None = None  # "RxC": the one file is a ready composite of that grid (sources/composite.py)
 
 
 @dataclass
