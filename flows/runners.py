@@ -33,7 +33,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, IcloraError):  # a user-facing verdict about the input or invocation
         return False
     module = type(exc).__module__.split(".")[0]
-    if module in ("openai", "httpx", "requests", "urllib3"):
+    if module in ("httpx", "requests", "urllib3"):
         status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
         if status is not None:
             return int(status) in _TRANSIENT_HTTP

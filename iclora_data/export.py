@@ -54,7 +54,7 @@ from iclora_data.records import CaptionRecord, CompositeRecord, composites_dir, 
 ExportFormat = Literal["ai-toolkit", "kohya", "folder"]
 FORMATS: tuple[str, ...] = ("ai-toolkit", "kohya", "folder")
 
-# The IC-LoRA recipe (DESIGN.md, Training): the same numbers iclora_train uses.
+# The IC-LoRA recipe (README, "Training and sampling"): the same numbers iclora_train uses.
 LORA_RANK = 16
 BATCH_SIZE = 4
 LEARNING_RATE = 1e-4

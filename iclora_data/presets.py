@@ -1,6 +1,6 @@
 """The IC-LoRA task presets: composite size, grid and the caption tags of each task.
 
-Sizes and grids follow the released IC-LoRA task data (DESIGN.md, Composites). A preset's
+Sizes and grids follow the released IC-LoRA task data (README, "Presets"). A preset's
 ``prefix`` opens the training prompt and ``panel_tags`` name the panels in reading order
 (row-major), as IC-LoRA's released prompts have them. ``names_characters`` asks the captioner to
 name recurring people ``<Name>``: only movie shots do, as in IC-LoRA's data.

@@ -3,7 +3,7 @@
 Made the way a build makes it: panels are real JPEG files in a SOURCE folder, composites are
 pasted with the project's ``Layout``/``fit_panel`` and saved as JPEG with their sidecars
 (``CompositeRecord.save``), captions go through ``save_caption``, and ``report.json`` /
-``build.json`` follow DESIGN.md. The sets cover what a user meets: captioned kept sets with
+``build.json`` follow the README ("What a build writes"). The sets cover what a user meets: captioned kept sets with
 different layouts, a kept set whose caption failed, a duplicate, a set rejected for a truncated
 file, one rejected for a too-small panel, an ignored junk file, and ids and captions with
 HTML in them.

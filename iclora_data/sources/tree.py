@@ -1,5 +1,5 @@
 """Sets from a list of named entries that are not files of a folder: archive members (and a folder
-of IC-LoRA jpg+txt pairs). The same rules as a folder SOURCE (DESIGN.md "Source layouts"): each
+of IC-LoRA jpg+txt pairs). The same rules as a folder SOURCE (README "Source layouts", docs/ARCHITECTURE.md "Sources"): each
 top-level folder is a set, its images in natural order, ``set.json``/``caption.txt``/``N.txt`` as
 metadata, junk and loose files ignored with a reason.
 
