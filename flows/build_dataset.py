@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.executors import PrefectExecutor
+from flows.executors import PrefectExecutor, current_progress
 from iclora_data.build import BuildResult, run_build
 from iclora_data.config import BuildConfig
 
@@ -21,12 +21,12 @@ MAX_REJECT_ROWS = 1000  # the artifact is a summary; every set is in report.json
 
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2))  # type: ignore[arg-type]
 def build_dataset(source: str, out: str, config: dict[str, Any] | None = None, lock_timeout: float = 0,
-                  shard_size: int | None = None, progress: Any = None) -> dict[str, Any]:
+                  shard_size: int | None = None) -> dict[str, Any]:
     """Build IC-LoRA training data from SOURCE into OUT. Returns the ledger's counts.
 
-    ``progress`` is a ``ProgressListener`` (typed Any: Prefect makes a schema of the parameters)."""
+    Progress goes to the listener the CLI installed with ``flows.executors.driver_progress``."""
     cfg = BuildConfig.model_validate(config or {})
-    result = run_build(source, out, cfg, executor=PrefectExecutor(cfg.workers), progress=progress,
+    result = run_build(source, out, cfg, executor=PrefectExecutor(cfg.workers), progress=current_progress(),
                        lock_timeout=lock_timeout, shard_size=shard_size)
     publish_artifacts(result)
     return result.as_dict()

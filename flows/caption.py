@@ -10,15 +10,15 @@ from typing import Any
 from prefect import flow
 
 from flows.build_dataset import publish_artifacts
-from flows.executors import PrefectExecutor
+from flows.executors import PrefectExecutor, current_progress
 from iclora_data.build import NoBuildError, recaption
 
 __all__ = ["NoBuildError", "caption"]
 
 
 @flow(name="caption")
-def caption(out: str, caption: dict[str, Any] | None = None, lock_timeout: float = 0,
-            progress: Any = None) -> dict[str, Any]:
-    result = recaption(out, caption, executor=PrefectExecutor(), progress=progress, lock_timeout=lock_timeout)
+def caption(out: str, caption: dict[str, Any] | None = None, lock_timeout: float = 0) -> dict[str, Any]:
+    result = recaption(out, caption, executor=PrefectExecutor(), progress=current_progress(),
+                       lock_timeout=lock_timeout)
     publish_artifacts(result)
     return result.as_dict()

@@ -5,6 +5,7 @@ run (a thread pool here, or Ray through prefect-ray's RayTaskRunner). See docs/A
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from prefect import task
@@ -12,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from flows.runners import RETRY_DELAYS, TASK_RETRIES, retry_transient
+from iclora_data.progress import ProgressListener
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -39,3 +41,24 @@ class PrefectExecutor:
             futures[future] = i
         for future in as_completed(list(futures)):
             yield futures[future], future.result()
+
+
+# The CLI's live display, for the flow body, which runs in the CLI's own process (the driver). It is not
+# a flow parameter: Prefect stores parameters, and prefect-ray ships the flow run context (parameters
+# included) with every Ray task; a display holds locks and a terminal, so it can be neither.
+_driver_progress: ProgressListener | None = None
+
+
+@contextmanager
+def driver_progress(listener: ProgressListener | None) -> Iterator[None]:
+    """Let flows started inside this block report their stages to ``listener``."""
+    global _driver_progress
+    previous, _driver_progress = _driver_progress, listener
+    try:
+        yield
+    finally:
+        _driver_progress = previous
+
+
+def current_progress() -> ProgressListener | None:
+    return _driver_progress

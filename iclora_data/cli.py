@@ -98,11 +98,17 @@ class RichProgress:
             self.progress.advance(self.tasks[stage], n)
 
 
-def _run_with_progress(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn(*args, progress=listener, **kwargs)`` with a rich display of the stages on stderr."""
+def _run_with_progress(fn: Any, *args: Any, flow: bool = False, **kwargs: Any) -> Any:
+    """Call ``fn(*args, progress=listener, **kwargs)`` with a rich display of the stages on stderr; a Prefect
+    ``flow`` gets the listener through ``flows.executors.driver_progress`` instead (not as a parameter)."""
     columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as bar:
-        return fn(*args, progress=RichProgress(bar), **kwargs)
+        if not flow:
+            return fn(*args, progress=RichProgress(bar), **kwargs)
+        from flows.executors import driver_progress
+
+        with driver_progress(RichProgress(bar)):
+            return fn(*args, **kwargs)
 
 
 RUNNER_HELP = ("Where the build runs: prefect (default: Prefect tasks on a thread pool, visible in the Prefect "
@@ -128,7 +134,7 @@ def _run_build(runner: str, ray_address: str | None, verbose: bool, source: str,
 
     task_runner = make_task_runner(name, workers=cfg.workers, ray_address=ray_address)
     flow = build_dataset.with_options(task_runner=task_runner)
-    return dict(_run_with_progress(flow, source, out, cfg.model_dump(mode="json"), lock_timeout=wait))
+    return dict(_run_with_progress(flow, source, out, cfg.model_dump(mode="json"), flow=True, lock_timeout=wait))
 
 
 def _counts_table(counts: dict[str, int], title: str) -> Table:
@@ -372,7 +378,7 @@ def caption_cmd(
             _prefect_env(verbose)
             from flows.caption import caption as caption_flow
 
-            result = _run_with_progress(caption_flow, str(out), cfg.caption.model_dump(mode="json"))
+            result = _run_with_progress(caption_flow, str(out), cfg.caption.model_dump(mode="json"), flow=True)
     except IcloraError as exc:
         fail(str(exc))
     out_console.print(_counts_table(result["counts"], f"iclora caption -> {out}"))

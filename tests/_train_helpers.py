@@ -46,7 +46,8 @@ def _png(image: Image.Image) -> bytes:
 
 def write_dataset(out: Path, n: int = 4, *, rows: int = 1, cols: int = 3, panel: int = PANEL,
                   captions: list[str | None] | None = None, images: list[Image.Image] | None = None) -> Path:
-    """Write ``out/data/train-00000-of-00001.parquet`` with the dataset's columns (docs/ARCHITECTURE.md, "The dataset"); returns ``out``."""
+    """Write ``out/data/train-00000-of-00001.parquet`` with the dataset's columns (docs/ARCHITECTURE.md,
+    "The dataset"); returns ``out``."""
     import datasets
 
     imgs = images or [composite(i, rows, cols, panel) for i in range(n)]

@@ -1,11 +1,7 @@
 """Sets from a list of named entries that are not files of a folder: archive members (and a folder
-of IC-LoRA jpg+txt pairs). The same rules as a folder SOURCE (README "Source layouts", docs/ARCHITECTURE.md "Sources"): each
-top-level folder is a set, its images in natural order, ``set.json``/``caption.txt``/``N.txt`` as
-metadata, junk and loose files ignored with a reason.
-
-When the entries are instead flat image+caption pairs with no set folders (IC-LoRA's released
-data), each image is a *ready composite*: a set of one image whose grid comes from the user or
-from the caption's panel tags (:mod:`iclora_data.sources.composite`)."""
+of IC-LoRA jpg+txt pairs). The same rules as a folder SOURCE (README "Source layouts",
+docs/ARCHITECTURE.md "Sources"): each top-level folder is a set, its images in natural order,
+``set.json``/``caption.txt``/``N.txt`` as metadata, junk and loose files ignored with a reason."""
 
 from __future__ import annotations
 
