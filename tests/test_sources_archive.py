@@ -208,3 +208,20 @@ def test_an_unzipped_folder_of_pairs_is_ready_composites_too(tmp_path: Path) -> 
     assert [s.set_id for s in result.sets] == ["1", "2"] and result.sets[0].composite_grid == "1x2"
     assert read_source(result.sets[0].paths[0]) == jpeg_bytes(1, (256, 768))
     assert ledger_paths(result) == Counter(["1.jpg", "1.txt", "2.jpg", "2.txt", "3.txt"])
+
+
+def test_an_archive_sets_hints_are_capped_like_a_folder_sets(tmp_path: Path) -> None:
+    """A 1 MB caption.txt or panel hint in a zip rejects its set (it would go into the captioner's prompt),
+    with the same reason a folder set gets; its neighbour is kept."""
+    from iclora_data.ingest import MAX_HINT_CHARS
+
+    huge = ("word " * (MAX_HINT_CHARS // 2)).encode()
+    archive = write_zip(tmp_path / "sets.zip", {
+        "big/1.jpg": jpeg_bytes(1), "big/2.jpg": jpeg_bytes(2), "big/caption.txt": huge,
+        "hint/1.jpg": jpeg_bytes(3), "hint/2.jpg": jpeg_bytes(4), "hint/2.txt": huge,
+        "fine/1.jpg": jpeg_bytes(5), "fine/2.jpg": jpeg_bytes(6), "fine/caption.txt": b"a short caption"})
+    sets = {s.set_id: s for s in ingest(archive).sets}
+    assert f"a caption hint may have at most {MAX_HINT_CHARS}" in (sets["big"].rejection or "")
+    assert f"a caption hint may have at most {MAX_HINT_CHARS}" in (sets["hint"].rejection or "")
+    assert sets["big"].caption is None and sets["hint"].panel_hints is None  # nothing of it goes on
+    assert sets["fine"].rejection is None and sets["fine"].caption == "a short caption"

@@ -21,6 +21,7 @@ from iclora_data.ingest import (
     SetMeta,
     _junk_reason,
     _pydantic_message,
+    _text_problems,
 )
 from iclora_data.layout import LayoutError
 from iclora_data.records import FileEntry, SourceSet
@@ -199,8 +200,9 @@ def _folder_set(set_id: str, entries: list[Entry], files: list[FileEntry]) -> So
         else:
             hints = list(meta.panels)
     src.panel_hints = hints if any(hints) else None
+    problems += _text_problems(src, "set.json")  # the caps and checks of a folder set's text, one rule
     if problems:
-        src.rejection = "; ".join(problems)
+        src.rejection = "; ".join(dict.fromkeys(problems))
     return src
 
 
