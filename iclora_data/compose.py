@@ -32,7 +32,6 @@ from iclora_data.records import (
     PreparedShard,
     Shard,
     SourceSet,
-    file_stem,
 )
 from iclora_data.sources import read_source
 from iclora_data.sources.composite import compose_ready
@@ -186,12 +185,7 @@ def compose_set(src: SourceSet, settings: ComposeSettings, store: RunStore, *, c
         save_thumbnail(canvas, store.object_path("thumbs", key, ".jpg"))
     _remember(panels, cache, stat_rows)
 
-    prepared.composite = CompositeRecord(
-        set_id=src.set_id, key=key, image=f"{file_stem(src.set_id)}.{settings.image_format}",
-        rows=layout.rows, cols=layout.cols, width=layout.width, height=layout.height,
-        panel_boxes=[list(b) for b in layout.panel_boxes()], panel_tags=list(layout.panel_tags),
-        prefix=layout.prefix, preset=layout.preset, task=src.task, source_files=list(src.files),
-        panel_hints=src.panel_hints, source_caption=src.caption)
+    prepared.composite = CompositeRecord.of_set(src, key, layout, settings.image_format)
     return prepared
 
 

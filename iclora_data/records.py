@@ -15,9 +15,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from iclora_data.outdir import captions_dir, composites_dir
+
+if TYPE_CHECKING:
+    from iclora_data.layout import Layout
 
 SetStatus = Literal["kept", "duplicate", "rejected"]
 FileStatus = Literal["used", "duplicate", "rejected", "ignored"]
@@ -121,6 +124,17 @@ class CompositeRecord:
     source_files: list[str]
     panel_hints: list[str] | None = None
     source_caption: str | None = None
+
+    @classmethod
+    def of_set(cls, src: SourceSet, key: str, layout: Layout, image_format: str) -> CompositeRecord:
+        """The record of ``src``'s composite in ``layout``: the one way both compose paths (panels pasted
+        into a grid, a ready composite re-made) describe what they wrote."""
+        return cls(
+            set_id=src.set_id, key=key, image=f"{file_stem(src.set_id)}.{image_format}",
+            rows=layout.rows, cols=layout.cols, width=layout.width, height=layout.height,
+            panel_boxes=[list(b) for b in layout.panel_boxes()], panel_tags=list(layout.panel_tags),
+            prefix=layout.prefix, preset=layout.preset, task=src.task, source_files=list(src.files),
+            panel_hints=src.panel_hints, source_caption=src.caption)
 
     def save(self, path: Path) -> None:
         from iclora_data.store import atomic_write_text

@@ -17,7 +17,7 @@ from PIL import Image
 from iclora_data.images import ImageRejected, decode_rgb, read_header
 from iclora_data.layout import Layout, LayoutError, fit_panel, parse_grid
 from iclora_data.presets import PRESETS, UnknownPresetError, get_preset
-from iclora_data.records import CompositeRecord, PanelRecord, PreparedSet, SourceSet, file_stem
+from iclora_data.records import CompositeRecord, PanelRecord, PreparedSet, SourceSet
 from iclora_data.sources import read_source
 from iclora_data.store import RunStore, content_key
 
@@ -141,10 +141,5 @@ def compose_ready(src: SourceSet, settings: ComposeSettings, store: RunStore) ->
     # each panel of the grid is a panel for dedup; all name the one file they came from
     prepared.panels = [PanelRecord(ledger, f"{sha}#{i}", int(ph), int(w), int(h))
                        for i, (ph, (w, h)) in enumerate(zip(facts["phashes"], facts["sizes"], strict=True))]
-    prepared.composite = CompositeRecord(
-        set_id=src.set_id, key=key, image=f"{file_stem(src.set_id)}.{settings.image_format}",
-        rows=layout.rows, cols=layout.cols, width=layout.width, height=layout.height,
-        panel_boxes=[list(b) for b in layout.panel_boxes()], panel_tags=list(layout.panel_tags),
-        prefix=layout.prefix, preset=layout.preset, task=src.task, source_files=list(src.files),
-        panel_hints=src.panel_hints, source_caption=src.caption)
+    prepared.composite = CompositeRecord.of_set(src, key, layout, settings.image_format)
     return prepared
