@@ -226,8 +226,9 @@ def caption_sets(composites: Sequence[CompositeRecord], composites_dir: Path, st
     records: dict[int, CaptionRecord] = {}
     lock = threading.Lock()
 
-    def finish(i: int, record: CaptionRecord) -> None:
-        if record.status == "ok" and record.source == "model":
+    def finish(i: int, record: CaptionRecord, stored: bool = False) -> None:
+        # ``stored``: it came from the store; writing it back would only rewrite a finished object
+        if record.status == "ok" and record.source == "model" and not stored:
             store.put_json(STORE_KIND, record.key, to_dict(record))
         elif previous and (kept := keep_previous_caption(record, previous.get(record.set_id), composites[i])):
             record = kept
@@ -250,7 +251,7 @@ def caption_sets(composites: Sequence[CompositeRecord], composites_dir: Path, st
         if cached is not None:
             rec = from_dict(CaptionRecord, cached)
             rec.set_id = comp.set_id  # the same content may be another set's (ids are not in the key)
-            finish(i, rec)
+            finish(i, rec, stored=True)
             continue
         if settings.sidecar == "keep" and (own := sidecar_caption(comp)) is not None:
             summary, panels, prompt = own
