@@ -26,7 +26,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -364,14 +364,29 @@ def _folder_set(set_id: str, entries: list[tuple[str, Path]], rejected: set[str]
     src.files = [rel(n) for n in order]
     src.paths = [str(images[n]) for n in order]
 
-    hints: list[str] = []
-    for name in order:
+    def hint_file_text(name: str) -> str:
         hint_file = names.get(f"{Path(name).stem}.txt")
-        hint = ""
-        if hint_file:
-            hint, problem = _read_hint(hint_file, f"{Path(name).stem}.txt")
-            if problem:
-                problems.append(problem)
+        if not hint_file:
+            return ""
+        hint, problem = _read_hint(hint_file, f"{Path(name).stem}.txt")
+        if problem:
+            problems.append(problem)
+        return hint
+
+    src.panel_hints = panel_hints(order, meta, hint_file_text, problems)
+    problems += _text_problems(src, "set.json")
+    if problems:
+        src.rejection = _text("; ".join(dict.fromkeys(problems)))
+    return src
+
+
+def panel_hints(order: Sequence[str], meta: SetMeta, hint_file_text: Callable[[str], str],
+                problems: list[str]) -> list[str] | None:
+    """A set's per-panel hints, for folder and archive sets alike: each panel's ``N.txt`` (read by
+    ``hint_file_text``), overridden by set.json ``panels`` (by file name, or a list in panel order)."""
+    hints = []
+    for name in order:
+        hint = hint_file_text(name)
         if isinstance(meta.panels, dict):
             hint = meta.panels.get(name, hint)
         hints.append(hint)
@@ -380,11 +395,7 @@ def _folder_set(set_id: str, entries: list[tuple[str, Path]], rejected: set[str]
             problems.append(f"set.json gives {len(meta.panels)} panel hints for {len(order)} panels")
         else:
             hints = list(meta.panels)
-    src.panel_hints = hints if any(hints) else None
-    problems += _text_problems(src, "set.json")
-    if problems:
-        src.rejection = _text("; ".join(dict.fromkeys(problems)))
-    return src
+    return hints if any(hints) else None
 
 
 def _read_set_meta(path: Path) -> tuple[SetMeta, str | None]:

@@ -22,6 +22,7 @@ from iclora_data.ingest import (
     _junk_reason,
     _pydantic_message,
     _text_problems,
+    panel_hints,
 )
 from iclora_data.layout import LayoutError
 from iclora_data.records import FileEntry, SourceSet
@@ -187,19 +188,11 @@ def _folder_set(set_id: str, entries: list[Entry], files: list[FileEntry]) -> So
         order = natsorted(images, alg=ns.IGNORECASE)
     src.files = [images[n].ledger for n in order]
     src.paths = [images[n].locator for n in order]
-    hints = []
-    for name in order:
+    def hint_file_text(name: str) -> str:
         hint_entry = hint_files.get(PurePosixPath(name).stem)
-        hint = _text(hint_entry) if hint_entry else ""
-        if isinstance(meta.panels, dict):
-            hint = meta.panels.get(name, hint)
-        hints.append(hint)
-    if isinstance(meta.panels, list):
-        if len(meta.panels) != len(order):
-            problems.append(f"set.json gives {len(meta.panels)} panel hints for {len(order)} panels")
-        else:
-            hints = list(meta.panels)
-    src.panel_hints = hints if any(hints) else None
+        return _text(hint_entry) if hint_entry else ""
+
+    src.panel_hints = panel_hints(order, meta, hint_file_text, problems)
     problems += _text_problems(src, "set.json")  # the caps and checks of a folder set's text, one rule
     if problems:
         src.rejection = "; ".join(dict.fromkeys(problems))
